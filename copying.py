@@ -1,0 +1,151 @@
+"""The copying task with h-detach (Kanuparthi et al., ICLR 2019), faithful to the authors' script.
+
+    python copying.py --T=100 --p-detach=0.5 --seed=3 --save-dir=runs/copy_T100_p0.5
+
+A sequence has T + 20 steps of one scalar each: 10 symbols from 1..8, T - 1 blanks, the
+delimiter 9, 10 blanks; the network must output blanks and then the 10 symbols in order.
+100,000 training and 5,000 validation sequences are generated once per run; each iteration
+draws its batch with replacement; the loss is the cross-entropy at every step. Validation
+accuracy counts the last 10 steps. The run folder gets TensorBoard events, config.json,
+best_model.pt, last.pt (resumable with --resume) and, at the end, results.json.
+"""
+import os
+import sys
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from model import HDetachNet
+from utils import (ArgParser, StopSignals, TrainingRun, UsageError, add_run_flags,
+                   check_finite, copying_batch, copying_symbols, finite_float, p_in_force,
+                   parse_run_args, positive_int, report_errors, resolve_device, set_seed)
+
+TASK = "copying"
+NUM_CLASSES = 9
+COMMAND = "python copying.py"
+
+
+def build_parser():
+    parser = ArgParser(description=__doc__.split("\n")[0])
+    add_run_flags(parser, seed=3, lr=1e-3, epochs=600, anneal_p=40)
+    parser.flag("--T", type=positive_int, default=300, help="the delay T (default 300)")
+    parser.flag("--lstm-size", type=positive_int, default=128, help="hidden size (default 128)")
+    parser.flag("--clip", "--clipval", type=finite_float, default=1.0,
+                help="gradient-norm clipping; <= 0 turns it off (default 1.0)")
+    parser.flag("--train-size", type=positive_int, default=100000,
+                help="training sequences (default 100000)")
+    parser.flag("--test-size", type=positive_int, default=5000,
+                help="validation sequences (default 5000)")
+    return parser
+
+
+def eval_chunk(steps, hidden):
+    """Sequences per evaluation chunk: bounded so that hidden states stay near 100 MB."""
+    return int(max(1, min(1000, 25_000_000 // (steps * hidden))))
+
+
+@torch.no_grad()
+def evaluate(net, symbols, delay, device):
+    """Mean cross-entropy over every step and sequence, and the accuracy (%) over the last 10
+    steps, from a zero state, on the sequences whose symbols are given."""
+    net.eval()
+    loss_sum, correct = 0.0, 0
+    steps = delay + 20
+    chunk = eval_chunk(steps, net.lstm.hidden_size)
+    for start in range(0, symbols.shape[0], chunk):
+        x, y = copying_batch(symbols[start:start + chunk], delay)
+        x, y = x.to(device), y.to(device)
+        logits = net(x)
+        loss_sum += nn.functional.cross_entropy(
+            logits.reshape(-1, NUM_CLASSES), y.reshape(-1), reduction="sum").item()
+        correct += (logits[-10:].argmax(-1) == y[-10:]).sum().item()
+    net.train()
+    count = symbols.shape[0]
+    return loss_sum / (count * steps), 100.0 * correct / (count * 10)
+
+
+def run(args, argv, last):
+    device = resolve_device(args.device)
+    if args.train_size < args.batch_size:
+        raise UsageError(f"--train-size ({args.train_size}) must be at least --batch-size "
+                         f"({args.batch_size})")
+    set_seed(args.seed)
+    # Separate streams for data, batch indices and h-detach draws, all from the one seed.
+    seeds = np.random.SeedSequence(args.seed).generate_state(3, dtype=np.uint64)
+    data_gen, batch_gen, detach_gen = (torch.Generator().manual_seed(int(s)) for s in seeds)
+    train_symbols = copying_symbols(args.train_size, data_gen)
+    valid_symbols = copying_symbols(args.test_size, data_gen)
+    model_config = {"input_size": 1, "hidden_size": args.lstm_size, "num_classes": NUM_CLASSES}
+    net = HDetachNet(**model_config, impl=args.impl).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
+    run = TrainingRun(TASK, args, net, optimizer,
+                      {"batches": batch_gen, "detach": detach_gen}, model_config)
+    run.open(argv, device, last)
+    if run.epoch >= args.n_epochs:
+        print(f"the run in {args.save_dir} is complete ({run.epoch} epochs); nothing to do")
+        return 0
+    iters = args.train_size // args.batch_size
+    with StopSignals() as stop:
+        while run.epoch < args.n_epochs:
+            p = p_in_force(args.p_detach, run.epoch, args.n_epochs, args.anneal_p)
+            bar = tqdm(total=iters, initial=run.epoch_iteration, leave=False, disable=None,
+                       desc=f"epoch {run.epoch + 1}/{args.n_epochs}")
+            while run.epoch_iteration < iters:
+                index = torch.randint(args.train_size, (args.batch_size,), generator=batch_gen)
+                x, y = copying_batch(train_symbols[index], args.T)
+                x, y = x.to(device), y.to(device)
+                logits = net(x, p=p, generator=detach_gen)
+                loss = nn.functional.cross_entropy(logits.reshape(-1, NUM_CLASSES), y.reshape(-1))
+                loss_value = loss.item()
+                check_finite(loss_value, run.epoch, run.iteration + 1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if args.clip > 0:
+                    nn.utils.clip_grad_norm_(net.parameters(), args.clip)
+                optimizer.step()
+                run.iteration += 1
+                run.epoch_iteration += 1
+                run.epoch_loss_sum += loss_value
+                run.log.scalar("train/loss", loss_value, run.iteration)
+                bar.update()
+                bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+                if stop.requested or (args.checkpoint_every and
+                                      run.iteration % args.checkpoint_every == 0):
+                    run.save_last()
+                if stop.requested:
+                    bar.close()
+                    print(run.stop_message(stop.requested, COMMAND))
+                    return 0
+            bar.close()
+            val_loss, val_acc = evaluate(net, valid_symbols, args.T, device)
+            train_loss = run.epoch_loss_sum / iters
+            run.end_epoch({"train/epoch_loss": train_loss, "valid/loss": val_loss,
+                           "valid/accuracy": val_acc, "p_detach": p}, val_acc,
+                          {"loss": val_loss})
+            print(f"epoch {run.epoch}/{args.n_epochs}  p {p:.2f}  train loss {train_loss:.4f}  "
+                  f"valid loss {val_loss:.4f}  valid acc {val_acc:6.2f}%  best "
+                  f"{run.best['accuracy']:6.2f}% (epoch {run.best['epoch']})  "
+                  f"{run.elapsed():.0f}s", flush=True)
+    results = run.finish({"best_valid_accuracy": run.best["accuracy"],
+                          "best_epoch": run.best["epoch"],
+                          "final_valid_accuracy": run.history[-1]["valid/accuracy"],
+                          "T": args.T, "p_detach": args.p_detach, "seed": args.seed})
+    print(f"done: best valid accuracy {results['best_valid_accuracy']:.2f}% at epoch "
+          f"{results['best_epoch']}; results in {os.path.join(args.save_dir, 'results.json')}")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+
+    def start():
+        args, last = parse_run_args(parser, argv, TASK)
+        return run(args, argv, last)
+    return report_errors(start)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

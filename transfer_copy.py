@@ -1,0 +1,89 @@
+"""Transfer copying: test a copying model, without training, at longer delays.
+
+    python transfer_copy.py --model-dir=runs/copy_T100_p0.5 --T 200 400 500 1000 2000 5000
+
+As in the paper: the best model of a copying run (trained at T = 100) is evaluated on 5,000
+fresh sequences of each delay T', generated with seed 555, with the same accuracy definition
+(the last 10 steps). Prints a table and writes transfer.json next to the model.
+"""
+import os
+import sys
+
+import torch
+
+from copying import NUM_CLASSES, TASK, evaluate
+from model import HDetachNet
+from utils import (ArgParser, UsageError, copying_symbols, load_checkpoint, positive_int,
+                   read_json, report_errors, resolve_device, write_json)
+
+
+def build_parser():
+    parser = ArgParser(description=__doc__.split("\n")[0])
+    parser.flag("--model-dir", required=True,
+                help="a copying run folder (its best_model.pt is used) or a checkpoint file")
+    parser.flag("--T", type=positive_int, nargs="+", default=[200, 400, 500, 1000, 2000, 5000],
+                help="one or more delays T' (default: the paper's 200 400 500 1000 2000 5000)")
+    parser.flag("--seed", type=int, default=555, help="seed of the test sequences (default 555)")
+    parser.flag("--test-size", type=positive_int, default=5000,
+                help="test sequences per delay (default 5000)")
+    parser.flag("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return parser
+
+
+def load_model(model_dir, device):
+    """The network of a copying checkpoint, rebuilt from the sizes stored in it."""
+    path = model_dir
+    if os.path.isdir(model_dir):
+        path = os.path.join(model_dir, "best_model.pt")
+        if not os.path.isfile(path):
+            raise UsageError(f"{model_dir} holds no best_model.pt: is it a copying run folder?")
+    elif not os.path.exists(model_dir):
+        raise UsageError(f"--model-dir {model_dir} does not exist")
+    checkpoint = load_checkpoint(path, task=TASK)
+    config = checkpoint["model_config"]
+    if config.get("num_classes") != NUM_CLASSES:
+        raise UsageError(f"{path} does not hold a copying model")
+    net = HDetachNet(**config)
+    net.load_state_dict(checkpoint["model"])
+    return net.to(device), checkpoint, path
+
+
+def run(args):
+    device = resolve_device(args.device)
+    net, checkpoint, path = load_model(args.model_dir, device)
+    trained_t = checkpoint["config"].get("T")
+    print(f"model: {path} (trained at T={trained_t}, epoch {checkpoint.get('epoch')}, "
+          f"valid accuracy {checkpoint.get('accuracy', float('nan')):.2f}%)")
+    print(f"{'T':>6}  {'accuracy %':>10}  {'loss':>8}")
+    rows = {}
+    for delay in args.T:
+        # The same 5,000 sequences for a given (seed, T'), whatever else is asked.
+        symbols = copying_symbols(args.test_size, torch.Generator().manual_seed(args.seed))
+        loss, accuracy = evaluate(net, symbols, delay, device)
+        rows[delay] = {"T": delay, "accuracy": accuracy, "loss": loss}
+        print(f"{delay:>6}  {accuracy:>10.2f}  {loss:>8.4f}", flush=True)
+    out = os.path.join(os.path.dirname(os.path.abspath(path)), "transfer.json")
+    # Results of earlier calls for other delays are kept; those measured now are replaced.
+    previous = read_json(out) if os.path.exists(out) else {}
+    same_setup = (previous.get("checkpoint") == os.path.basename(path)
+                  and previous.get("seed") == args.seed
+                  and previous.get("test_size") == args.test_size)
+    results = {row["T"]: row for row in previous.get("results", [])} if same_setup else {}
+    results.update(rows)
+    write_json(out, {"checkpoint": os.path.basename(path), "trained_T": trained_t,
+                     "checkpoint_epoch": checkpoint.get("epoch"), "seed": args.seed,
+                     "test_size": args.test_size,
+                     "results": [results[delay] for delay in sorted(results)]})
+    print(f"written: {out}")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return report_errors(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
