@@ -83,9 +83,6 @@ def run(args, argv, last):
     run = TrainingRun(TASK, args, net, optimizer,
                       {"batches": batch_gen, "detach": detach_gen}, model_config)
     run.open(argv, device, last)
-    if run.epoch >= args.n_epochs:
-        print(f"the run in {args.save_dir} is complete ({run.epoch} epochs); nothing to do")
-        return 0
     iters = args.train_size // args.batch_size
     with StopSignals() as stop:
         while run.epoch < args.n_epochs:

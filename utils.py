@@ -32,10 +32,17 @@ class RunStopped(Exception):
     exit_code = 1
 
 
+class NothingToDo(Exception):
+    """Not an error (say, ``--resume`` of a finished run): the message goes to stdout, status 0."""
+
+
 def report_errors(run):
     """Call ``run()``; turn our errors into one line on stderr and a ``SystemExit``."""
     try:
         return run()
+    except NothingToDo as note:
+        print(note)
+        return 0
     except (UsageError, RunStopped) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
@@ -411,8 +418,11 @@ class EventLog:
     def __init__(self, folder):
         from tensorboardX.event_file_writer import EventsWriter
         self.folder = folder
-        # The pid and a clock tick make the name unique even for two writers in one second.
-        suffix = f".{os.getpid()}.{time.monotonic_ns()}"
+        # Readers take a folder's event files in name order. The name starts with the second
+        # it was made; the session number after it keeps a resume made within the same second
+        # after the file it continues.
+        session = sum(name.startswith(EVENTS_PREFIX) for name in os.listdir(folder))
+        suffix = f".{session:04d}"
         self._writer = EventsWriter(os.path.join(folder, "events"), suffix)
         self.path = self._writer._file_name
 
@@ -492,7 +502,11 @@ def parse_run_args(parser, argv, task):
     if not args.resume:
         return args, None
     last = load_checkpoint(os.path.join(args.save_dir, "last.pt"), task=task)
-    return merge_resume_args(args, explicit_keys(parser, argv), last["config"]), last
+    args = merge_resume_args(args, explicit_keys(parser, argv), last["config"])
+    if last["epoch"] >= args.n_epochs:
+        raise NothingToDo(f"the run in {args.save_dir} is complete ({last['epoch']} epochs); "
+                          "nothing to resume")
+    return args, last
 
 
 class TrainingRun:

@@ -1,0 +1,422 @@
+"""The copying task, transfer copying and the run machinery they share (utils)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+import copying
+import transfer_copy
+import utils
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--T", "6", "--train-size", "60", "--test-size", "40", "--batch_size", "20",
+        "--lstm-size", "8", "--n_epochs", "3", "--anneal-p", "2", "--p-detach", "0.5",
+        "--device", "cpu"]
+
+
+def run_copying(save_dir, *extra):
+    return copying.main(TINY + ["--save-dir", str(save_dir), *extra])
+
+
+def scalars(folder, tag):
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [(event.step, event.value) for event in acc.Scalars(tag)]
+
+
+def raw_steps(folder, tag):
+    """Every (step, value) of a tag in the raw event files, duplicates included."""
+    points = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(utils.EVENTS_PREFIX):
+            for event in EventFileLoader(os.path.join(folder, name)).Load():
+                for value in event.summary.value:
+                    if value.tag == tag:
+                        points.append((event.step, value.tensor.float_val[0]
+                                       if value.HasField("tensor") else value.simple_value))
+    return points
+
+
+def snapshot(folder):
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_copying_data_layout():
+    delay, n = 7, 50
+    x, y = utils.make_copying_data(n, delay, torch.Generator().manual_seed(0))
+    assert x.shape == (delay + 20, n, 1) and x.dtype == torch.float32
+    assert y.shape == (delay + 20, n) and y.dtype == torch.long
+    x = x[..., 0]
+    data = x[:10]
+    assert ((data >= 1) & (data <= 8)).all()
+    assert len(torch.unique(data)) == 8  # all eight symbols occur in 500 draws
+    assert (x[10:delay + 9] == 0).all()          # T - 1 blanks
+    assert (x[delay + 9] == 9).all()             # the delimiter
+    assert (x[delay + 10:] == 0).all()           # 10 blanks
+    assert (y[:delay + 10] == 0).all()           # T + 10 blank targets
+    assert torch.equal(y[-10:], data.long())     # then the first ten inputs, in order
+
+
+def test_copying_data_is_seeded_and_vectorised():
+    a = utils.copying_symbols(100_000, torch.Generator().manual_seed(1))
+    b = utils.copying_symbols(100_000, torch.Generator().manual_seed(1))
+    assert a.shape == (100_000, 10) and torch.equal(a, b)
+    x, y = utils.copying_batch(a[:100], 300)
+    assert x.shape == (320, 100, 1) and torch.equal(y[-10:].t(), a[:100].long())
+
+
+@pytest.mark.parametrize("epoch, expected", [(0, 0.5), (560, 0.5), (561, 0.0), (599, 0.0)])
+def test_annealing_switches_off_for_the_last_anneal_p_minus_one_epochs(epoch, expected):
+    assert utils.p_in_force(0.5, epoch, 600, 40) == expected
+
+
+def test_annealing_counts_and_vanilla():
+    off = [e for e in range(600) if utils.p_in_force(0.25, e, 600, 40) == 0]
+    assert off == list(range(561, 600)) and len(off) == 39
+    assert all(utils.p_in_force(-1, e, 600, 40) == 0 for e in range(600))
+    assert utils.p_in_force(0.25, 199, 200, 0) == 0.25  # anneal_p 0: never switched off
+
+
+# ----------------------------------------------------------------------------- a tiny run
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("copy") / "run"
+    assert run_copying(folder) == 0
+    return folder
+
+
+def test_run_folder_contents(tiny_run):
+    names = set(os.listdir(tiny_run))
+    assert {"config.json", "last.pt", "best_model.pt", "results.json"} <= names
+    assert any(n.startswith(utils.EVENTS_PREFIX) for n in names)
+    assert not [n for n in names if n.endswith(".tmp")]
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["task"] == "copying" and config["args"]["T"] == 6
+    assert config["args"]["p_detach"] == 0.5 and config["argv"][:2] == ["--T", "6"]
+    assert {"torch", "python", "numpy"} <= set(config["versions"]) and config["started"]
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert {"best_valid_accuracy", "best_epoch", "final_epoch", "wall_time_s"} <= set(results)
+    assert results["final_epoch"] == 3
+
+
+def test_events_hold_the_expected_tags(tiny_run):
+    acc = EventAccumulator(str(tiny_run))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "valid/loss", "valid/accuracy", "p_detach"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 10))  # 3 x 60 // 20
+    assert [e.step for e in acc.Scalars("valid/accuracy")] == [1, 2, 3]
+    # anneal_p = 2, 3 epochs: h-detach on for epochs 0 and 1, off for epoch 2 (> 3 - 2).
+    assert [e.value for e in acc.Scalars("p_detach")] == [0.5, 0.5, 0.0]
+
+
+def test_checkpoints_load_with_weights_only_and_rebuild_the_model(tiny_run):
+    best = torch.load(tiny_run / "best_model.pt", weights_only=True)
+    last = torch.load(tiny_run / "last.pt", weights_only=True)
+    history = last["history"]
+    best_acc = max(h["valid/accuracy"] for h in history)
+    assert best["accuracy"] == best_acc
+    # ">= best so far": the latest epoch that reached the best accuracy is kept.
+    assert best["epoch"] == max(h["epoch"] for h in history if h["valid/accuracy"] == best_acc)
+    net = copying.HDetachNet(**best["model_config"])
+    net.load_state_dict(best["model"])
+    symbols = utils.copying_symbols(40, torch.Generator().manual_seed(0))
+    loss, _ = copying.evaluate(net, symbols, best["config"]["T"], torch.device("cpu"))
+    assert loss == pytest.approx(best["loss"], rel=0.5)
+    assert {"model", "optimizer", "epoch", "iteration", "rng", "best", "events"} <= set(last)
+    assert last["epoch"] == 3 and last["iteration"] == 9
+
+
+def test_transfer_prints_table_and_writes_json(tiny_run, capsys):
+    assert transfer_copy.main(["--model-dir", str(tiny_run), "--T", "6", "12",
+                               "--test-size", "30", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "\n    12" in out
+    data = json.loads((tiny_run / "transfer.json").read_text())
+    assert [row["T"] for row in data["results"]] == [6, 12]
+    assert data["seed"] == 555 and data["trained_T"] == 6
+    # Evaluating at the trained delay reproduces evaluate() on the same seeded sequences.
+    best = torch.load(tiny_run / "best_model.pt", weights_only=True)
+    net = copying.HDetachNet(**best["model_config"])
+    net.load_state_dict(best["model"])
+    symbols = utils.copying_symbols(30, torch.Generator().manual_seed(555))
+    _, acc = copying.evaluate(net, symbols, 6, torch.device("cpu"))
+    assert data["results"][0]["accuracy"] == pytest.approx(acc)
+    # A later call for another delay keeps the earlier rows.
+    transfer_copy.main(["--model-dir", str(tiny_run / "best_model.pt"), "--T", "9",
+                        "--test-size", "30", "--device", "cpu"])
+    data = json.loads((tiny_run / "transfer.json").read_text())
+    assert [row["T"] for row in data["results"]] == [6, 9, 12]
+
+
+def test_same_seed_same_losses(tmp_path):
+    run_copying(tmp_path / "a")
+    run_copying(tmp_path / "b")
+    run_copying(tmp_path / "c", "--seed", "4")
+    a, b = scalars(tmp_path / "a", "train/loss"), scalars(tmp_path / "b", "train/loss")
+    assert a == b
+    assert a != scalars(tmp_path / "c", "train/loss")
+
+
+def test_reference_impl_follows_the_same_trajectory(tmp_path):
+    run_copying(tmp_path / "fast")
+    run_copying(tmp_path / "ref", "--impl", "reference")
+    fast = [v for _, v in scalars(tmp_path / "fast", "train/loss")]
+    ref = [v for _, v in scalars(tmp_path / "ref", "train/loss")]
+    assert fast == pytest.approx(ref, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def expect_error(capsys, call, code=2, contains=""):
+    with pytest.raises(SystemExit) as info:
+        call()
+    assert info.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert "Traceback" not in err and contains in err, err
+    return err
+
+
+@pytest.mark.parametrize("flags, contains", [
+    (["--p-detach", "1.5"], "at most 1"),
+    (["--batch-size", "0"], "at least 1"),
+    (["--batch_size", "-3"], "at least 1"),
+    (["--train-size", "0"], "at least 1"),
+    (["--T", "0"], "at least 1"),
+    (["--train-size", "10"], "at least --batch-size"),
+    (["--lr", "nan"], "finite"),
+])
+def test_bad_training_flags(tmp_path, capsys, flags, contains):
+    folder = tmp_path / "run"
+    expect_error(capsys, lambda: run_copying(folder, *flags), contains=contains)
+    assert not folder.exists()
+
+
+def test_missing_cuda_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    expect_error(capsys, lambda: copying.main(TINY[:-2] + ["--device", "cuda", "--save-dir",
+                                                           str(tmp_path / "r")]),
+                 contains="no CUDA device")
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_is_refused_and_untouched(tiny_run, capsys):
+    before = snapshot(tiny_run)
+    expect_error(capsys, lambda: run_copying(tiny_run), contains="already holds a run")
+    assert snapshot(tiny_run) == before
+
+
+def test_overwrite_replaces_only_run_files(tmp_path):
+    folder = tmp_path / "run"
+    run_copying(folder, "--n_epochs", "1")
+    (folder / "notes.txt").write_text("mine")
+    assert run_copying(folder, "--overwrite") == 0
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert [s for s, _ in raw_steps(folder, "train/loss")] == list(range(1, 10))  # new run only
+    assert json.loads((folder / "results.json").read_text())["final_epoch"] == 3
+
+
+@pytest.mark.parametrize("target", ["missing", "folder-without-model", "not-a-checkpoint",
+                                    "truncated", "other-task"])
+def test_transfer_bad_model_dir(tiny_run, tmp_path, capsys, target):
+    path = tmp_path / "x"
+    if target == "folder-without-model":
+        path.mkdir()
+    elif target == "not-a-checkpoint":
+        path.write_text("hello")
+    elif target == "truncated":
+        path.write_bytes((tiny_run / "best_model.pt").read_bytes()[:2000])
+    elif target == "other-task":
+        best = torch.load(tiny_run / "best_model.pt", weights_only=True)
+        utils.save_checkpoint(str(path), dict(best, task="pixelmnist"))
+    before = snapshot(tmp_path)
+    expect_error(capsys, lambda: transfer_copy.main(["--model-dir", str(path), "--T", "8"]))
+    assert snapshot(tmp_path) == before
+
+
+def test_transfer_bad_delay(tiny_run, capsys):
+    expect_error(capsys, lambda: transfer_copy.main(["--model-dir", str(tiny_run), "--T", "0"]),
+                 contains="at least 1")
+
+
+# ----------------------------------------------------------------------------- resume
+
+def test_resume_refusals(tiny_run, tmp_path, capsys):
+    expect_error(capsys, lambda: run_copying(tmp_path / "empty", "--resume"),
+                 contains="nothing to resume")
+    before = snapshot(tiny_run)
+    err = expect_error(capsys, lambda: copying.main(["--save-dir", str(tiny_run), "--resume",
+                                                     "--T", "9", "--seed", "5"]))
+    assert "T (run: 6, given: 9)" in err and "seed" in err
+    expect_error(capsys, lambda: run_copying(tiny_run, "--resume", "--overwrite"),
+                 contains="contradict")
+    assert snapshot(tiny_run) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "other-task"])
+def test_resume_from_damaged_or_foreign_last(tiny_run, tmp_path, capsys, damage):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    last = (tiny_run / "last.pt").read_bytes()
+    if damage == "truncated":
+        (folder / "last.pt").write_bytes(last[: len(last) // 2])
+    elif damage == "foreign":
+        torch.save({"weights": torch.zeros(3)}, folder / "last.pt")
+    else:
+        payload = torch.load(tiny_run / "last.pt", weights_only=True)
+        utils.save_checkpoint(str(folder / "last.pt"), dict(payload, task="pixelmnist"))
+    before = snapshot(folder)
+    expect_error(capsys, lambda: copying.main(["--save-dir", str(folder), "--resume"]))
+    assert snapshot(folder) == before
+
+
+def test_resume_of_a_finished_run_does_nothing(tiny_run, capsys):
+    before = snapshot(tiny_run)
+    assert copying.main(["--save-dir", str(tiny_run), "--resume"]) == 0
+    assert "complete" in capsys.readouterr().out
+    assert snapshot(tiny_run) == before
+
+
+def test_interrupted_save_keeps_the_good_checkpoint(tiny_run, tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    path.write_bytes((tiny_run / "last.pt").read_bytes())
+    good = path.read_bytes()
+
+    def dies_half_way(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt  # what a kill during the write looks like from inside
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        utils.save_checkpoint(str(path), {"model": {}})
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["last.pt"]
+    utils.load_checkpoint(str(path), task="copying")
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "run"
+    calls = {"n": 0}
+    original = copying.HDetachNet.forward
+
+    def poisoned(self, x, *args, **kwargs):
+        out = original(self, x, *args, **kwargs)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 5:  # second epoch, second iteration
+                out = out * float("nan")
+        return out
+
+    monkeypatch.setattr(copying.HDetachNet, "forward", poisoned)
+    err = expect_error(capsys, lambda: run_copying(folder), code=1, contains="training loss")
+    assert "nan" in err and "last.pt" in err
+    last = utils.load_checkpoint(str(folder / "last.pt"), task="copying")
+    assert last["epoch"] == 1 and last["iteration"] == 3
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    assert not (folder / "results.json").exists()
+
+
+def test_resume_after_checkpoint_every_is_exact(tmp_path):
+    """In-process: stop after a mid-epoch checkpoint (by truncating the run there), resume."""
+    straight = tmp_path / "straight"
+    run_copying(straight)
+    # A run that saves every 2 iterations; keep a copy of the folder as it was at iteration 4.
+    stopped = tmp_path / "stopped"
+    original = utils.TrainingRun.save_last
+    kept = {}
+
+    def save_and_copy(self):
+        original(self)
+        if self.iteration == 4 and not kept:
+            kept.update({p.name: p.read_bytes() for p in stopped.iterdir()})
+
+    utils.TrainingRun.save_last = save_and_copy
+    try:
+        run_copying(stopped, "--checkpoint-every", "2")
+    finally:
+        utils.TrainingRun.save_last = original
+    for p in stopped.iterdir():
+        p.unlink()
+    for name, data in kept.items():
+        (stopped / name).write_bytes(data)
+    assert run_copying(stopped, "--resume") == 0
+    assert_same_run(straight, stopped)
+
+
+def assert_same_run(a, b):
+    ra = json.loads((a / "results.json").read_text())
+    rb = json.loads((b / "results.json").read_text())
+    ra.pop("wall_time_s"), rb.pop("wall_time_s")
+    assert ra == rb
+    la = torch.load(a / "last.pt", weights_only=True)
+    lb = torch.load(b / "last.pt", weights_only=True)
+    assert la["history"] == lb["history"]
+    for key in la["model"]:
+        assert torch.equal(la["model"][key], lb["model"][key]), key
+    for tag in ("train/loss", "valid/accuracy", "valid/loss", "p_detach"):
+        assert raw_steps(b, tag) == raw_steps(a, tag), tag  # no duplicated or missing point
+
+
+def start_subprocess(folder, *extra):
+    args = TINY + ["--save-dir", str(folder), *extra]
+    return subprocess.Popen([sys.executable, str(ROOT / "copying.py"), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, proc, timeout=60):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+BIG = ["--train-size", "2000", "--n_epochs", "2"]  # 100 iterations an epoch: time to signal
+
+
+def test_sigkill_after_first_epoch_then_resume_is_exact(tmp_path):
+    straight = tmp_path / "straight"
+    run_copying(straight, *BIG)
+    killed = tmp_path / "killed"
+    proc = start_subprocess(killed, *BIG)
+    wait_for(killed / "best_model.pt", proc)  # written just before the epoch's last.pt
+    wait_for(killed / "last.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "results.json").exists()
+    assert copying.main(TINY + BIG + ["--save-dir", str(killed), "--resume"]) == 0
+    assert_same_run(straight, killed)
+
+
+def test_sigterm_mid_epoch_saves_that_iteration_and_resumes_exactly(tmp_path):
+    straight = tmp_path / "straight"
+    run_copying(straight, *BIG)
+    stopped = tmp_path / "stopped"
+    proc = start_subprocess(stopped, *BIG, "--checkpoint-every", "10")
+    wait_for(stopped / "last.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "SIGTERM" in out and "--resume" in out
+    last = torch.load(stopped / "last.pt", weights_only=True)
+    assert 0 < last["epoch_iteration"] < 100 and last["epoch"] == 0  # mid-epoch
+    steps = [s for s, _ in raw_steps(stopped, "train/loss")]
+    assert steps == list(range(1, last["iteration"] + 1))  # saved at the iteration it stopped
+    assert copying.main(["--save-dir", str(stopped), "--resume"]) == 0
+    assert_same_run(straight, stopped)
