@@ -146,15 +146,15 @@ RESUMABLE_KEYS = ("device", "impl", "overwrite", "resume", "checkpoint_every", "
 
 def explicit_keys(parser, argv):
     """The ``dest`` of every flag given explicitly in ``argv``."""
-    saved = [(action, action.default) for action in parser._actions]
+    saved = [(action, action.default, action.required) for action in parser._actions]
     try:
-        for action, _ in saved:
+        for action, _, _ in saved:
             action.default = argparse.SUPPRESS
             action.required = False
         return set(vars(parser.parse_args(argv)))
     finally:
-        for action, default in saved:
-            action.default = default
+        for action, default, required in saved:
+            action.default, action.required = default, required
 
 
 def merge_resume_args(args, given, stored):
@@ -566,15 +566,17 @@ class TrainingRun:
             wall_time=self.elapsed(), extra=self.extra, rng=rng_states(self.generators),
             events=self.log.position()))
 
-    def end_epoch(self, record, accuracy, best_fields=None):
+    def end_epoch(self, record, accuracy, best_fields=None, strict=False):
         """Close the epoch: log ``record`` (a dict of scalars, TensorBoard step = epochs done),
         keep the best model when ``accuracy`` is at least the best so far (``best_fields`` go
         into ``best_model.pt`` and ``best``), then write ``last.pt``. Returns whether it was a
-        new best."""
+        new best. ``strict``: only a strictly higher accuracy is a new best (pixel MNIST's
+        rule; the copying task keeps the first, at-least rule)."""
         done = self.epoch + 1
         for tag, value in record.items():
             self.log.scalar(tag, value, done)
-        improved = self.best["accuracy"] is None or accuracy >= self.best["accuracy"]
+        best = self.best["accuracy"]
+        improved = best is None or (accuracy > best if strict else accuracy >= best)
         if improved:
             self.best = dict(best_fields or {}, accuracy=accuracy, epoch=done)
             save_checkpoint(os.path.join(self.folder, "best_model.pt"), dict(
