@@ -14,7 +14,7 @@ import torch
 from copying import NUM_CLASSES, TASK, evaluate
 from model import HDetachNet
 from utils import (ArgParser, UsageError, copying_symbols, load_checkpoint, positive_int,
-                   read_json, report_errors, resolve_device, write_json)
+                   read_json, report_errors, resolve_device, seed_value, write_json)
 
 
 def build_parser():
@@ -23,7 +23,8 @@ def build_parser():
                 help="a copying run folder (its best_model.pt is used) or a checkpoint file")
     parser.flag("--T", type=positive_int, nargs="+", default=[200, 400, 500, 1000, 2000, 5000],
                 help="one or more delays T' (default: the paper's 200 400 500 1000 2000 5000)")
-    parser.flag("--seed", type=int, default=555, help="seed of the test sequences (default 555)")
+    parser.flag("--seed", type=seed_value, default=555,
+                help="seed of the test sequences (default 555)")
     parser.flag("--test-size", type=positive_int, default=5000,
                 help="test sequences per delay (default 5000)")
     parser.flag("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -106,6 +106,17 @@ def finite_float(text):
     return value
 
 
+def seed_value(text):
+    """A seed numpy and torch both take: a whole number in 0 .. 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be in 0..{2 ** 32 - 1}, got {value}")
+    return value
+
+
 def detach_probability(text):
     """h-detach's p: the probability of blocking; <= 0 means plain BPTT, above 1 is an error."""
     value = finite_float(text)
@@ -119,7 +130,7 @@ def add_run_flags(parser, seed, lr, epochs, anneal_p):
     parser.flag("--p-detach", type=detach_probability, default=-1.0,
                 help="probability of blocking h at each step; <= 0 is plain BPTT (default -1)")
     parser.flag("--save-dir", required=True, help="the run folder to create (or resume)")
-    parser.flag("--seed", type=int, default=seed, help=f"random seed (default {seed})")
+    parser.flag("--seed", type=seed_value, default=seed, help=f"random seed (default {seed})")
     parser.flag("--lr", type=positive_float, default=lr, help=f"Adam learning rate (default {lr})")
     parser.flag("--batch-size", type=positive_int, default=100, help="batch size (default 100)")
     parser.flag("--n-epochs", type=positive_int, default=epochs,
@@ -169,7 +180,11 @@ def merge_resume_args(args, given, stored):
         raise UsageError("--resume with arguments that contradict the stored run: "
                          + ", ".join(parts) + "; drop them or start a new --save-dir")
     merged = dict(stored)
-    merged.update({key: getattr(args, key) for key in RESUMABLE_KEYS if hasattr(args, key)})
+    # A key that may change keeps its stored value unless given again (say, --data-dir), so
+    # that the plain `--save-dir X --resume` a stop message suggests continues the same run.
+    merged.update({key: getattr(args, key) for key in RESUMABLE_KEYS
+                   if hasattr(args, key) and (key in given or key not in stored
+                                              or key in ("resume", "overwrite", "save_dir"))})
     return argparse.Namespace(**merged)
 
 
@@ -503,7 +518,8 @@ def parse_run_args(parser, argv, task):
         return args, None
     last = load_checkpoint(os.path.join(args.save_dir, "last.pt"), task=task)
     args = merge_resume_args(args, explicit_keys(parser, argv), last["config"])
-    if last["epoch"] >= args.n_epochs:
+    if last["epoch"] >= args.n_epochs and \
+            os.path.exists(os.path.join(args.save_dir, "results.json")):
         raise NothingToDo(f"the run in {args.save_dir} is complete ({last['epoch']} epochs); "
                           "nothing to resume")
     return args, last

@@ -200,6 +200,7 @@ def expect_error(capsys, call, code=2, contains=""):
     (["--T", "0"], "at least 1"),
     (["--train-size", "10"], "at least --batch-size"),
     (["--lr", "nan"], "finite"),
+    (["--seed", "-1"], "must be in 0.."),
 ])
 def test_bad_training_flags(tmp_path, capsys, flags, contains):
     folder = tmp_path / "run"
@@ -290,6 +291,17 @@ def test_resume_of_a_finished_run_does_nothing(tiny_run, capsys):
     assert copying.main(["--save-dir", str(tiny_run), "--resume"]) == 0
     assert "complete" in capsys.readouterr().out
     assert snapshot(tiny_run) == before
+
+
+def test_resume_after_the_last_epoch_but_before_results_finishes_the_run(tmp_path):
+    folder = tmp_path / "run"
+    run_copying(folder)
+    expected = json.loads((folder / "results.json").read_text())
+    (folder / "results.json").unlink()  # killed between the last last.pt and results.json
+    assert copying.main(["--save-dir", str(folder), "--resume"]) == 0
+    results = json.loads((folder / "results.json").read_text())
+    expected.pop("wall_time_s"), results.pop("wall_time_s")
+    assert results == expected
 
 
 def test_interrupted_save_keeps_the_good_checkpoint(tiny_run, tmp_path, monkeypatch):
