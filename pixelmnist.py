@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from model import HDetachNet
 from utils import (ArgParser, StopSignals, TrainingRun, UsageError, add_run_flags,
-                   check_finite, finite_float, non_negative_int, p_in_force,
+                   finite_float, non_negative_int, p_in_force,
                    parse_run_args, positive_int, report_errors, resolve_device, set_seed,
                    write_json)
 
@@ -310,22 +310,9 @@ def run(args, argv, last):
                 y = train.labels[index]
                 logits = net(x, p=p, generator=detach_gen, last_only=True)
                 loss = nn.functional.cross_entropy(logits, y)
-                loss_value = loss.item()
-                check_finite(loss_value, run.epoch, run.iteration + 1)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if args.clip > 0:
-                    nn.utils.clip_grad_norm_(net.parameters(), args.clip)
-                optimizer.step()
-                run.iteration += 1
-                run.epoch_iteration += 1
-                run.epoch_loss_sum += loss_value
-                run.log.scalar("train/loss", loss_value, run.iteration)
+                loss_value = run.step(loss, stop)
                 bar.update()
                 bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-                if stop.requested or (args.checkpoint_every and
-                                      run.iteration % args.checkpoint_every == 0):
-                    run.save_last()
                 if stop.requested:
                     bar.close()
                     print(run.stop_message(stop.requested, COMMAND), flush=True)

@@ -69,24 +69,27 @@ class ArgParser(argparse.ArgumentParser):
         return self.add_argument(*names, **kwargs)
 
 
-def positive_int(text):
+def _whole_number(text, low, high=None, rule=""):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
     return value
+
+
+def positive_int(text):
+    return _whole_number(text, 1, rule="at least 1")
 
 
 def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return _whole_number(text, 0, rule="0 or more")
+
+
+def seed_value(text):
+    """A seed numpy and torch both take: a whole number in 0 .. 2**32 - 1."""
+    return _whole_number(text, 0, 2 ** 32 - 1, rule=f"in 0..{2 ** 32 - 1}")
 
 
 def positive_float(text):
@@ -103,17 +106,6 @@ def finite_float(text):
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not np.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def seed_value(text):
-    """A seed numpy and torch both take: a whole number in 0 .. 2**32 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < 2 ** 32:
-        raise argparse.ArgumentTypeError(f"must be in 0..{2 ** 32 - 1}, got {value}")
     return value
 
 
@@ -601,6 +593,27 @@ class TrainingRun:
         self.epoch, self.epoch_iteration, self.epoch_loss_sum = done, 0, 0.0
         self.save_last()
         return improved
+
+    def step(self, loss, stop):
+        """One optimiser step on the batch ``loss``, as the authors' scripts take it: stop on a
+        non-finite loss, backward, clip (``args.clip`` <= 0: no clipping), Adam; then count,
+        log ``train/loss`` and write ``last.pt`` when ``--checkpoint-every`` says so or a stop
+        signal came. Returns the loss value."""
+        loss_value = loss.item()
+        check_finite(loss_value, self.epoch, self.iteration + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.args.clip)
+        self.optimizer.step()
+        self.iteration += 1
+        self.epoch_iteration += 1
+        self.epoch_loss_sum += loss_value
+        self.log.scalar("train/loss", loss_value, self.iteration)
+        every = self.args.checkpoint_every
+        if stop.requested or (every and self.iteration % every == 0):
+            self.save_last()
+        return loss_value
 
     def stop_message(self, signame, command):
         return (f"{signame} received: stopped at epoch {self.epoch + 1}, iteration "
