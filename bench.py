@@ -12,14 +12,26 @@ Candidates, interleaved and repeated in one process (medians after a warm-up):
              backward dh@W, weight gradient), in a plain loop
   cudnn      (CUDA only) torch.nn.LSTM on cuDNN
 Ratios are to the floor and to the reference. Peak memory is measured per candidate in a fresh
-subprocess (CPU: peak resident memory above the set-up baseline; CUDA: max_memory_allocated).
+subprocess that builds the candidate and then runs two training steps. On CPU it is the peak of
+the bytes the C allocator has handed out and not had back (glibc mallinfo2: uordblks + hblkhd,
+all arenas, where torch's CPU tensors live), read every ~1 ms by a background thread, minus the
+value just before the first step: like CUDA's max_memory_allocated, it counts live allocations
+(tensors, autograd graphs, the fast path's reusable buffers) but not allocator slack, so it does
+not depend on when glibc returns memory to the OS (peak RSS does: it varied by 50% between
+identical runs here). Without mallinfo2 it falls back to sampled RSS (/proc/self/statm), then to
+ru_maxrss. On CUDA: torch.cuda.max_memory_allocated above the allocation before the steps.
 """
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -114,24 +126,91 @@ def time_all(shape, device, reps):
 
 def peak_mb(name, shape_name, device):
     """Peak memory of two training steps of one candidate, in MB, from a fresh process."""
-    code = ("import bench, torch, resource; d = torch.device(%r); "
+    code = ("import bench, torch; d = torch.device(%r); "
             "print(bench._peak_here(%r, %r, d))" % (device.type, name, shape_name))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=here)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _malloc_in_use():
+    """A function returning the bytes glibc's malloc has handed out and not had back
+    (mallinfo2: uordblks + hblkhd, over all arenas), or None without glibc >= 2.33."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+
+    def in_use():
+        info = mallinfo2()
+        return info.uordblks + info.hblkhd
+    return in_use
+
+
+def _peak_above_start(fn, measure, interval=0.001):
+    """Run ``fn()``; return max(measure()) while it ran minus measure() before it, in bytes.
+
+    A daemon thread calls ``measure`` every ``interval`` seconds (torch ops release the GIL, so
+    it keeps sampling during long kernels); the value after ``fn`` is included too.
+    """
+    stop = threading.Event()
+    base = measure()
+    peak = [base]
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], measure())
+            stop.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        stop.set()
+        sampler.join()
+    return max(peak[0], measure()) - base
 
 
 def _peak_here(name, shape_name, device):
     step = make_step(name, SHAPES[shape_name], device)
+
+    def two_steps():
+        step()
+        step()
+
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        step(), step()
+        two_steps()
         torch.cuda.synchronize()
         return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step(), step()
-    return round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1)
+    in_use = _malloc_in_use()
+    if in_use is not None:
+        above = _peak_above_start(two_steps, in_use)
+    elif os.path.exists("/proc/self/statm"):
+        page = os.sysconf("SC_PAGE_SIZE")
+
+        def rss():
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * page
+        above = _peak_above_start(two_steps, rss)
+    else:  # ru_maxrss (KiB on Linux) is a high-water mark since start: coarse
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        two_steps()
+        above = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+    return round(above / 2**20, 1)
 
 
 def bench_device(device, reps):

@@ -10,18 +10,23 @@ Two implementations of the same layer, selected with ``impl``:
 
 - ``"reference"``: a per-step Python loop of an autograd cell that calls ``h.detach()`` on the
   drawn steps, written the way the authors' scripts are. It is the ground truth of the tests.
-- ``"fast"`` (default): one input-projection matmul for the whole sequence, a forward loop that
-  keeps the gate activations, and a hand-written backward over the whole sequence
-  (``_FastLSTMFunction``). A blocked step skips its recurrent ``dh`` matmul, and the weight
-  gradients are a few large matmuls instead of one per step.
+- ``"fast"`` (default): a custom autograd Function (``_FastLSTMFunction``) with a hand-written
+  backward. Per step the forward is one matmul (input, recurrent and bias terms at once) and six
+  elementwise ops; the backward is two elementwise ops, the weight-gradient matmul and, unless the
+  step is cut, the recurrent ``dh`` matmul; everything else is done for many steps at once.
+  Exact: the same values and gradients as the reference up to rounding (tests/test_model.py).
+  Its ``out`` is a (T, B, H) view of a (T, H, B) buffer (not contiguous; ``.contiguous()`` it
+  if needed); ``HDetachNet`` reads it out in that layout.
 
 Both consume the same draws (``draw_detach_mask``), so a run can switch implementation and keep
 its trajectory.
 """
 import math
+import threading
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 IMPLS = ("fast", "reference")
 
@@ -56,11 +61,7 @@ def _reference_lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, mask):
 
 
 def _to_ofig(w, hidden):
-    """Reorder gate rows from torch's (i, f, g, o) to (o, i, f, g).
-
-    In that order the sigmoid gates are one block and g the last, so the backward writes the
-    gate gradients with two multiplications (o from dh; i, f, g from dc).
-    """
+    """Reorder gate rows from torch's (i, f, g, o) to (o, i, f, g)."""
     i, f, g, o = w.split(hidden, 0)
     return torch.cat((o, i, f, g), 0)
 
@@ -70,128 +71,291 @@ def _from_ofig(w, hidden):
     return torch.cat((i, f, g, o), 0)
 
 
-def _chunk_steps(batch, hidden, steps):
-    """Steps per chunk: about 8 MB of gates, so that no buffer the loop allocates per call is
-    large enough for the C allocator to hand to mmap (fresh pages cost more than the math)."""
-    return max(1, min(steps, (2 ** 18) // max(1, batch * 4 * hidden)))
+# Bytes of gate activations per saved chunk of the forward (the unit the buffer pool reuses),
+# and of backward factors per sub-chunk (the factor ops run for that many steps at once: larger
+# means fewer ops, smaller means temporaries that stay in cache; 4 MB measured best here).
+_CHUNK_BYTES = 2 ** 22
+_SUB_BYTES = 2 ** 22
+
+
+def _chunk_steps(batch, hidden, steps, itemsize=4):
+    """Steps per saved chunk of the forward (about ``_CHUNK_BYTES`` of gate activations)."""
+    return max(1, min(steps, _CHUNK_BYTES // max(1, batch * 4 * hidden * itemsize)))
+
+
+def _sub_steps(batch, hidden, steps, itemsize=4):
+    """Steps per backward sub-chunk (about ``_SUB_BYTES`` of factors)."""
+    return max(1, min(steps, _SUB_BYTES // max(1, batch * 6 * hidden * itemsize)))
+
+
+# The backward's gate gradients u are those of the pre-activations divided by these per-gate
+# factors (gate order o, i, f, g); they make every factor one fused op (see the backward).
+_BWD_SCALE = (1.0, -4.0, -2.0, 16.0)
+
+
+class _BufferPool:
+    """Keeps the CPU fast path's saved activations for reuse by the next call.
+
+    A training step saves about 6H*B numbers per step and frees them all at the end of the
+    backward; glibc then trims the heap and the next forward page-faults every page back in
+    (on the order of 50K faults, tens of ms, per pixel-MNIST step). The pool holds the buffers
+    that the last backward released and hands them to the next forward instead. It only ever
+    holds buffers no graph uses: a forward takes them out, its backward gives them back (after
+    which that graph recomputes them if it is run again, see the backward), and a graph that is
+    dropped without a backward frees its own. Between steps it holds one step's worth (what the
+    forward would allocate again anyway). Each ``HDetachLSTM`` owns one (``.pool``);
+    ``.pool.clear()`` releases it, and a copied layer starts with an empty one.
+    """
+
+    def __init__(self):
+        self._free = {}
+        self._lock = threading.Lock()
+
+    def take(self, numel, like):
+        if like.device.type == "cpu":
+            with self._lock:
+                free = self._free.get((like.dtype, numel))
+                if free:
+                    return free.pop()
+        return like.new_empty(numel)
+
+    def give(self, buffers):
+        """Pool ``buffers``; older pooled ones are kept only up to as many bytes again."""
+        buffers = [buf for buf in buffers if buf.device.type == "cpu"]
+        room = sum(buf.numel() * buf.element_size() for buf in buffers)
+        with self._lock:
+            free = {}
+            for buf in buffers:
+                free.setdefault((buf.dtype, buf.numel()), []).append(buf)
+            for key, old in self._free.items():
+                for buf in old:
+                    room -= buf.numel() * buf.element_size()
+                    if room < 0:
+                        break
+                    free.setdefault(key, []).append(buf)
+            self._free = free
+
+    def clear(self):
+        with self._lock:
+            self._free = {}
+
+    def __deepcopy__(self, memo):
+        return _BufferPool()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+
+def _packed_weights(w_ih, w_hh, b_ih, b_hh, width):
+    """[W_hh | W_ih | b_ih + b_hh | 0] as one (4H, width) matrix, rows in (o, i, f, g) order."""
+    hidden, inputs = w_hh.shape[1], w_ih.shape[1]
+    w = w_hh.new_zeros(4 * hidden, width)
+    w[:, :hidden] = w_hh
+    w[:, hidden:hidden + inputs] = w_ih
+    w[:, hidden + inputs] = b_ih + b_hh
+    return _to_ofig(w, hidden)
+
+
+def _fast_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep, pool=None):
+    """The fast path's forward loop.
+
+    State is kept transposed, (H, B), so that every per-step operand is one contiguous block.
+    ``z`` (T+1, K, B) holds at row t the GEMM input [h_{t-1}; x_t; 1; 0-padding], so one matmul
+    per step gives the gates and, in the backward, one per step gives all weight gradients;
+    rows t >= 1 hold the outputs. c is kept as -2c: then sigmoid(-2c) = (1 - tanh c) / 2 is one
+    op, tanh(g) = 2 sigmoid(2 a_g) - 1 comes from doubled g rows (torch's CPU tanh costs several
+    sigmoids), and h = o - 2 o sigmoid(-2c) is one addcmul. With ``keep`` the gate activations
+    (o, i, f, sigmoid(2 a_g)) and -2c of every step are kept in chunks for the backward, in
+    buffers taken from ``pool``.
+    Returns z, the final -2c (H, B), and the chunks (buffer, gates (n, 4H, B), -2c (n+1, H, B)).
+    """
+    steps, batch, inputs = x.shape
+    H = w_hh.shape[1]
+    width = -(-(H + inputs + 1) // 8) * 8  # multiple of 8: the weight-gradient GEMM is faster
+    w = _packed_weights(w_ih, w_hh, b_ih, b_hh, width)
+    w[3 * H:] *= 2
+    z = x.new_empty(steps + 1, width, batch)
+    z[0, :H] = h0.t()
+    z[:steps, H:H + inputs] = x.transpose(1, 2)
+    z[:, H + inputs] = 1
+    z[:, H + inputs + 1:] = 0
+    z[steps, H:H + inputs] = 0
+    two = x.new_full((), 2.0)
+    g_tmp, r_tmp, ring = x.new_empty(H, batch), x.new_empty(H, batch), x.new_empty(4 * H, batch)
+    z_in, z_h = z.unbind(0), z[:, :H].unbind(0)
+    mm, add, mul, sigmoid, addcmul = torch.mm, torch.add, torch.mul, torch.sigmoid, torch.addcmul
+    cn_prev = c0.t() * -2.0
+    chunks = []
+    chunk = _chunk_steps(batch, H, steps, x.element_size()) if keep else 1
+    if not keep:  # inference: one step of gates and two of state, reused
+        gates, cs = x.new_empty(1, 4 * H, batch), x.new_empty(2, H, batch)
+    for start in range(0, steps, chunk):
+        n = min(chunk, steps - start)
+        if keep:
+            buf = pool.take(n * 4 * H * batch + (n + 1) * H * batch, x)
+            gates = buf[:n * 4 * H * batch].view(n, 4 * H, batch)
+            cs = buf[n * 4 * H * batch:].view(n + 1, H, batch)
+            chunks.append((buf, gates, cs))
+            cs[0] = cn_prev
+            g = gates.view(n, 4, H, batch)
+            cs_l = cs.unbind(0)
+            views = zip(z_in[start:start + n], z_h[start + 1:start + n + 1], gates.unbind(0),
+                        g[:, 0].unbind(0), g[:, 1].unbind(0), g[:, 2].unbind(0),
+                        g[:, 3].unbind(0), cs_l, cs_l[1:])
+        else:
+            g4, (o, i, f, sg) = gates[0], gates[0].view(4, H, batch).unbind(0)
+            cs[start & 1] = cn_prev
+            views = [(z_in[start], z_h[start + 1], g4, o, i, f, sg, cs[start & 1],
+                      cs[(start + 1) & 1])]
+        for z_t, h_next, g4, o, i, f, sg, cn, cn_next in views:
+            mm(w, z_t, out=ring)  # into a block that stays in cache, not into cold memory
+            sigmoid(ring, out=g4)
+            add(two, sg, alpha=-4, out=g_tmp)          # -2 g
+            mul(i, g_tmp, out=cn_next)
+            cn_next.addcmul_(f, cn)                    # -2 c_t = -2 (i g + f c_{t-1})
+            sigmoid(cn_next, out=r_tmp)                # (1 - tanh c_t) / 2
+            addcmul(o, o, r_tmp, value=-2, out=h_next)  # h_t = o tanh c_t
+        cn_prev = cn_next
+    return z, cn_prev, chunks
+
+
+def _fast_outputs(z, cn, hidden):
+    steps = z.shape[0] - 1
+    out = z[1:, :hidden].transpose(1, 2)
+    return out, z[steps, :hidden].t().contiguous(), (cn * -0.5).t().contiguous()
 
 
 class _FastLSTMFunction(torch.autograd.Function):
-    """Whole-sequence LSTM with a hand-written backward; see the module docstring.
-
-    CPU notes that shaped it: tanh is several times dearer than sigmoid in torch's CPU kernels,
-    so tanh(a) is computed as 2*sigmoid(2a) - 1 (the factor 2 is folded into the g rows of the
-    weights, so one sigmoid covers all four gates); buffers are kept per chunk of steps (see
-    ``_chunk_steps``); per-step views come from ``unbind`` rather than Python indexing.
-    """
+    """Whole-sequence LSTM with a hand-written backward (see ``_fast_forward`` and below)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask):
-        steps, batch, _ = x.shape
-        hidden = w_hh.shape[1]
-        H = hidden
-        w_ih_r, w_hh_r = _to_ofig(w_ih, H), _to_ofig(w_hh, H)
-        bias_r = _to_ofig(b_ih + b_hh, H)
-        # Doubling the g rows makes sigmoid(.) of them sigmoid(2a), and tanh(a) = 2 sigmoid(2a) - 1.
-        scale = x.new_ones(4 * H, 1)
-        scale[3 * H:] = 2
-        w_ih_f, w_hh_ft, bias_f = w_ih_r * scale, (w_hh_r * scale).t(), bias_r * scale[:, 0]
-        minus_one = x.new_full((batch, H), -1.0)
-        out = x.new_empty(steps, batch, H)
-        chunk = _chunk_steps(batch, H, steps)
-        saved = []
-        h, c = h0, c0
-        for start in range(0, steps, chunk):
-            n = min(chunk, steps - start)
-            # The chunk's input projections in one matmul; each step adds its recurrent term in
-            # place, and the buffer ends up holding the activated gates the backward needs.
-            gates = torch.addmm(bias_f, x[start:start + n].reshape(n * batch, -1), w_ih_f.t())
-            gates = gates.view(n, batch, 4 * H)
-            # cs[0] holds the chunk's incoming c; cs[k + 1] the state after its step k.
-            cs, tanh_cs = x.new_empty(n + 1, batch, H), x.new_empty(n, batch, H)
-            cs[0] = c
-            views = zip(gates.unbind(0), gates[..., :H].unbind(0), gates[..., H:2 * H].unbind(0),
-                        gates[..., 2 * H:3 * H].unbind(0), gates[..., 3 * H:].unbind(0),
-                        cs[1:].unbind(0), tanh_cs.unbind(0), out[start:start + n].unbind(0))
-            for g_all, o, i, f, g, c_next, tc, h_next in views:
-                g_all.addmm_(h, w_hh_ft)
-                g_all.sigmoid_()
-                torch.add(minus_one, g, alpha=2, out=g)
-                torch.mul(i, g, out=c_next)
-                c_next.addcmul_(f, c)
-                torch.mul(c_next, 2, out=tc)
-                tc.sigmoid_()
-                torch.add(minus_one, tc, alpha=2, out=tc)
-                torch.mul(o, tc, out=h_next)
-                h, c = h_next, c_next
-            saved += [gates, cs, tanh_cs]
-        ctx.save_for_backward(x, h0, c0, w_ih_r, w_hh_r, out, *saved)
-        ctx.mask, ctx.chunk = mask, chunk
-        return out, h.clone(), c.clone()
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask, pool):
+        ctx.set_materialize_grads(False)
+        z, cn, chunks = _fast_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep=True, pool=pool)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        ctx.z, ctx.chunks, ctx.mask, ctx.pool = z, chunks, mask, pool
+        return _fast_outputs(z, cn, w_hh.shape[1])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_h, grad_c):
-        x, h0, c0, w_ih_r, w_hh_r, out, *saved = ctx.saved_tensors
-        mask, chunk = ctx.mask, ctx.chunk
-        steps, batch, _ = x.shape
-        H = w_hh_r.shape[1]
-        flat_x = x.reshape(steps * batch, -1)
+        """Backward through time, chunk by chunk, sub-chunk by sub-chunk.
+
+        Per sub-chunk, factors that do not depend on the incoming gradient are computed for
+        all its steps at once (r = sigmoid(-2c), D(s) = s (1 - s) of each sigmoid s):
+            k = o D(r),  fo = (1 - 2r) D(o),  F_i = (1 - 2 sg) D(i),  F_f = (-2c_{t-1}) D(f),
+            F_g = i D(sg),  f.
+        With dc' = dc / 4 and e' = f dc' (the gradient that reaches c_{t-1}), a step is then
+            [dc', u_o] = [e'_{t+1}, 0] + dh * [k, fo]         (one addcmul)
+            [u_i, u_f, u_g, e'] = dc' * [F_i, F_f, F_g, f]    (one mul)
+            dW += u z_t^T;   dh_{t-1} = grad_out_{t-1} + (s W_hh)^T u  (skipped on a cut step)
+        where u = da / s, s = _BWD_SCALE per gate, so each gradient wrt the pre-activations a
+        is s * u (a_g the unscaled one).
+        """
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
+        z, chunks, mask = ctx.z, ctx.chunks, ctx.mask
+        pooled = chunks is not None
+        if not pooled:  # run again (retain_graph): the buffers went back to the pool
+            z, _, chunks = _fast_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep=True,
+                                         pool=_BufferPool())
+        steps, batch, inputs = x.shape
+        H = w_hh.shape[1]
         need = ctx.needs_input_grad
-        grad_x = torch.empty_like(x) if need[0] else None
-        grad_w_ih, grad_w_hh = torch.zeros_like(w_ih_r), torch.zeros_like(w_hh_r)
-        grad_b = w_hh_r.new_zeros(4 * H)
-        dh = grad_out[steps - 1] + grad_h
-        dc = grad_c
+        width = z.shape[1]
+        scale = x.new_tensor(_BWD_SCALE).repeat_interleave(H).unsqueeze(1)
+        w_b = _packed_weights(w_ih, w_hh, b_ih, b_hh, width) * scale
+        w_b_h = w_b[:, :H].t().contiguous()                  # (H, 4H)
+        w_b_x = w_b[:, H:H + inputs].contiguous()            # (4H, I)
+        grad_w = x.new_zeros(4 * H, width)
+        grad_x = x.new_empty(steps, batch, inputs) if need[0] else None
+        sub = _sub_steps(batch, H, steps, x.element_size())
+        fac = x.new_empty(sub, 6, H, batch)       # [k, fo, F_i, F_f, F_g, f]
+        dg = x.new_zeros(2, 7, H, batch)          # [dc', u_o, u_i, u_f, u_g, e', 0], by parity
+        fac2, fac4 = fac[:, 0:2].unbind(0), fac[:, 2:6].unbind(0)
+        in2, out2 = dg[:, 5:7].unbind(0), dg[:, 0:2].unbind(0)
+        dcs, out4 = dg[:, 0].unbind(0), dg[:, 2:6].unbind(0)
+        us = dg[:, 1:5].reshape(2, 4 * H, batch).unbind(0)
+        # (the reshape is a view: slots 1-4 are contiguous)
+        go_t = grad_out.transpose(1, 2) if grad_out is not None else None
+        if go_t is not None and go_t.is_contiguous():
+            # already stored (T, H, B) (HDetachNet's readout works in that layout): no copies
+            go_all, go_buf = go_t.unbind(0), None
+        else:
+            go_all, go_buf = None, x.new_empty(sub, H, batch) if go_t is not None else None
+        go_l = go_buf.unbind(0) if go_buf is not None else None
+        zero_h = x.new_zeros(H, batch)
+        dh_buf = (x.new_empty(H, batch), x.new_empty(H, batch))
+        if grad_out is not None:
+            dh = grad_out[steps - 1].t().contiguous()
+            if grad_h is not None:
+                dh += grad_h.t()
+        else:
+            dh = grad_h.t().contiguous() if grad_h is not None else zero_h
+        if grad_c is not None:
+            torch.mul(grad_c.t(), 0.25, out=dg[steps & 1, 5])
         dh0 = None
-        one = x.new_ones(())
-        for index in range(len(saved) // 3 - 1, -1, -1):
-            gates, cs, tanh_cs = saved[3 * index:3 * index + 3]
+        mm, addmm, addcmul, mul = torch.mm, torch.addmm, torch.addcmul, torch.mul
+        chunk = chunks[0][1].shape[0]
+        for index in range(len(chunks) - 1, -1, -1):
+            _, gates, cs = chunks[index]
             n = gates.shape[0]
-            start = index * chunk
-            o, i, g = gates[..., :H], gates[..., H:2 * H], gates[..., 3 * H:]
-            # Factors that do not depend on the incoming gradient, for the whole chunk at once
-            # (s' = s (1 - s) for the sigmoid gates):
-            #   dc_t += dh_t * o (1 - tanh(c)^2);    d(o) = dh_t * tanh(c) o'
-            #   d(i, f, g) = dc_t * [g i', c_{t-1} f', i (1 - g^2)]     (pre-activation grads)
-            sig = gates[..., :3 * H]
-            dsig = torch.addcmul(sig, sig, sig, value=-1)
-            fac = x.new_empty(n, batch, 5, H)
-            torch.mul(o, torch.addcmul(one, tanh_cs, tanh_cs, value=-1), out=fac[:, :, 0])
-            torch.mul(tanh_cs, dsig[..., :H], out=fac[:, :, 1])
-            torch.mul(g, dsig[..., H:2 * H], out=fac[:, :, 2])
-            torch.mul(cs[:-1], dsig[..., 2 * H:], out=fac[:, :, 3])
-            torch.mul(i, torch.addcmul(one, g, g, value=-1), out=fac[:, :, 4])
-            f = gates[..., 2 * H:3 * H]
-            dgates = torch.empty_like(gates)
-            views = zip(range(start + n - 1, start - 1, -1), dgates.unbind(0)[::-1],
-                        dgates[..., :H].unbind(0)[::-1],
-                        dgates[..., H:].view(n, batch, 3, H).unbind(0)[::-1],
-                        fac[:, :, 0].unbind(0)[::-1], fac[:, :, 1].unbind(0)[::-1],
-                        fac[:, :, 2:].unbind(0)[::-1], f.unbind(0)[::-1])
-            for t, dg_all, dg_o, dg_ifg, dc_dh, f_o, f_ifg, f_t in views:
-                dc = torch.addcmul(dc, dh, dc_dh)
-                torch.mul(dh, f_o, out=dg_o)
-                torch.mul(dc.unsqueeze(1), f_ifg, out=dg_ifg)
-                dc = dc * f_t
-                blocked = mask is not None and mask[t]
-                if t > 0:
-                    # A blocked step cuts h_{t-1}: it keeps only its own readout's gradient.
-                    dh = grad_out[t - 1] if blocked else torch.addmm(grad_out[t - 1], dg_all, w_hh_r)
-                elif not blocked:
-                    dh0 = dg_all @ w_hh_r
-            flat = dgates.view(n * batch, 4 * H)
-            h_prev = out[start - 1:start + n - 1] if start else torch.cat((h0.unsqueeze(0), out[:n - 1]))
-            grad_w_hh.addmm_(flat.t(), h_prev.reshape(n * batch, H))
-            grad_w_ih.addmm_(flat.t(), flat_x[start * batch:(start + n) * batch])
-            grad_b += flat.sum(0)
-            if grad_x is not None:
-                torch.mm(flat, w_ih_r, out=grad_x[start:start + n].view(n * batch, -1))
-        grad_h0 = (dh0 if dh0 is not None else torch.zeros_like(h0)) if need[1] else None
-        grad_c0 = dc if need[2] else None
-        grad_w_ih = _from_ofig(grad_w_ih, H) if need[3] else None
-        grad_w_hh = _from_ofig(grad_w_hh, H) if need[4] else None
-        grad_b = _from_ofig(grad_b, H) if need[5] or need[6] else None
-        return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b, grad_b, None
+            g = gates.view(n, 4, H, batch)
+            for s0 in range((n - 1) // sub * sub, -1, -sub):
+                m = min(sub, n - s0)
+                t0 = index * chunk + s0
+                fv, gv = fac[:m], g[s0:s0 + m]
+                torch.sigmoid(cs[s0 + 1:s0 + m + 1], out=fv[:, 0])       # r
+                torch.addcmul(gv, gv, gv, value=-1, out=fv[:, 1:5])      # D(o, i, f, sg)
+                fv[:, 1].addcmul_(fv[:, 0], fv[:, 1], value=-2)          # fo
+                fv[:, 0].addcmul_(fv[:, 0], fv[:, 0], value=-1)          # D(r)
+                fv[:, 0].mul_(gv[:, 0])                                  # k
+                fv[:, 2].addcmul_(gv[:, 3], fv[:, 2], value=-2)          # F_i
+                fv[:, 3].mul_(cs[s0:s0 + m])                             # F_f
+                fv[:, 4].mul_(gv[:, 1])                                  # F_g
+                fv[:, 5].copy_(gv[:, 2])                                 # f
+                if go_buf is not None:
+                    if t0 > 0:
+                        go_buf[:m].copy_(go_t[t0 - 1:t0 + m - 1])
+                    elif m > 1:
+                        go_buf[1:m].copy_(go_t[0:m - 1])
+                elif go_all is not None:
+                    go_l = go_all[t0 - 1:t0 + m - 1] if t0 else (None,) + go_all[0:m - 1]
+                z_t = z[t0:t0 + m].transpose(1, 2).unbind(0)
+                for j in range(m - 1, -1, -1):
+                    t = t0 + j
+                    p = t & 1
+                    addcmul(in2[1 - p], dh, fac2[j], out=out2[p])
+                    u = us[p]
+                    mul(dcs[p], fac4[j], out=out4[p])
+                    grad_w.addmm_(u, z_t[j])
+                    if grad_x is not None:
+                        mm(u.t(), w_b_x, out=grad_x[t])
+                    blocked = mask is not None and mask[t]
+                    if t == 0:
+                        if not blocked:
+                            dh0 = mm(w_b_h, u)
+                    elif go_l is None:
+                        dh = zero_h if blocked else mm(w_b_h, u, out=dh_buf[p])
+                    elif not blocked:
+                        dh = addmm(go_l[j], w_b_h, u, out=dh_buf[p])
+                    else:  # a cut step keeps only h_{t-1}'s own readout gradient
+                        dh = go_l[j] if j or go_buf is None else dh_buf[p].copy_(go_l[j])
+        if pooled:
+            ctx.pool.give([buf for buf, _, _ in chunks])
+            ctx.chunks = None
+        grad_h0 = grad_c0 = None
+        if need[1]:
+            grad_h0 = dh0.t().contiguous() if dh0 is not None else torch.zeros_like(h0)
+        if need[2]:
+            grad_c0 = (dg[0, 5] * 4.0).t().contiguous()
+        grad_w *= scale
+        grad_w_ih = _from_ofig(grad_w[:, H:H + inputs], H) if need[3] else None
+        grad_w_hh = _from_ofig(grad_w[:, :H], H) if need[4] else None
+        grad_b = _from_ofig(grad_w[:, H + inputs], H) if need[5] or need[6] else None
+        return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b, grad_b, None, None
 
 
 class HDetachLSTM(nn.Module):
@@ -203,9 +367,9 @@ class HDetachLSTM(nn.Module):
 
     ``forward(x, state=None, p=0.0, generator=None)`` takes ``x`` of shape (T, B, I) and an
     optional initial ``(h, c)``, each (B, H), zero when omitted. It returns all hidden states
-    (T, B, H) and the final ``(h, c)``. The h-detach draws (see ``draw_detach_mask``) are made
-    only when ``p > 0`` and autograd is recording, so evaluation under ``torch.no_grad()``
-    neither changes nor consumes them.
+    (T, B, H; with ``impl="fast"`` a non-contiguous view) and the final ``(h, c)``. The h-detach
+    draws (see ``draw_detach_mask``) are made only when ``p > 0`` and autograd is recording, so
+    evaluation under ``torch.no_grad()`` neither changes nor consumes them.
     """
 
     def __init__(self, input_size, hidden_size, impl="fast"):
@@ -217,6 +381,7 @@ class HDetachLSTM(nn.Module):
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
         self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
         self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
+        self.pool = _BufferPool()  # the fast path's reusable CPU buffers (see _BufferPool)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -234,8 +399,11 @@ class HDetachLSTM(nn.Module):
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         if self.impl == "reference":
             out, h, c = _reference_lstm(x, h0, c0, *weights, mask)
+        elif torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, c0, *weights)):
+            out, h, c = _FastLSTMFunction.apply(x, h0, c0, *weights, mask, self.pool)
         else:
-            out, h, c = _FastLSTMFunction.apply(x, h0, c0, *weights, mask)
+            z, cn, _ = _fast_forward(x, h0, c0, *weights, keep=False)
+            out, h, c = _fast_outputs(z, cn, self.hidden_size)
         return out, (h, c)
 
     def extra_repr(self):
@@ -256,4 +424,17 @@ class HDetachNet(nn.Module):
 
     def forward(self, x, p=0.0, generator=None, last_only=False):
         out, _ = self.lstm(x, p=p, generator=generator)
-        return self.readout(out[-1] if last_only else out)
+        if last_only:
+            return self.readout(out[-1])
+        out_t = out.transpose(1, 2)
+        if out_t.stride(2) == 1 and out_t.stride(1) == out_t.shape[2]:
+            # The fast path stores the outputs (T, H, B): reading them out in that layout
+            # avoids copying them here, and hands its backward the gradient in its layout.
+            weight, bias = self.readout.weight, self.readout.bias
+            weight = weight.expand(out_t.shape[0], *weight.shape)
+            if bias is None:
+                logits_t = torch.bmm(weight, out_t)
+            else:
+                logits_t = torch.baddbmm(bias.unsqueeze(1), weight, out_t)
+            return logits_t.transpose(1, 2).contiguous()
+        return self.readout(out)

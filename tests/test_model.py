@@ -1,0 +1,320 @@
+"""Tests of model.py: nn.LSTM parity, h-detach semantics, fast == reference, draws, init."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import model
+from model import HDetachLSTM, HDetachNet, draw_detach_mask
+
+T, B, I, H = 23, 3, 2, 5  # T is not a multiple of the chunk sizes the tests force
+
+
+def manual_lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, cut):
+    """A plain per-step LSTM loop that detaches h_{t-1} on the steps where ``cut[t]``."""
+    outs = []
+    for t in range(x.shape[0]):
+        if cut[t]:
+            h = h.detach()
+        i, f, g, o = (x[t] @ w_ih.t() + b_ih + h @ w_hh.t() + b_hh).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs), h, c
+
+
+def make_inputs(dtype=torch.float64, seed=0, steps=T):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, B, I, generator=g, dtype=dtype)
+    h0 = 0.5 * torch.randn(B, H, generator=g, dtype=dtype)
+    c0 = torch.randn(B, H, generator=g, dtype=dtype)
+    return x, h0, c0
+
+
+def make_lstm(impl, dtype=torch.float64, seed=1):
+    torch.manual_seed(seed)
+    lstm = HDetachLSTM(I, H, impl=impl).to(dtype)
+    with torch.no_grad():  # larger weights than the init, so that gates saturate somewhat
+        for p in lstm.parameters():
+            p.mul_(2.0)
+    return lstm
+
+
+def loss_weights(dtype, seed=2, steps=T):
+    g = torch.Generator().manual_seed(seed)
+    shapes = ((steps, B, H), (B, H), (B, H))
+    return [torch.randn(shape, generator=g, dtype=dtype) for shape in shapes]
+
+
+def run(lstm, x, h0, c0, p=0.0, seed=3, last_only=False, generator=None):
+    """Forward and backward of a random linear loss; returns outputs and all gradients."""
+    x, h0, c0 = (t.clone().requires_grad_() for t in (x, h0, c0))
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    lstm.zero_grad(set_to_none=True)
+    out, (h, c) = lstm(x, (h0, c0), p=p, generator=gen)
+    w_out, w_h, w_c = loss_weights(x.dtype, steps=x.shape[0])
+    loss = (h * w_h).sum() + (c * w_c).sum()
+    if not last_only:
+        loss = loss + (out * w_out).sum()
+    loss.backward()
+    zero = torch.zeros_like
+    grads = [t.grad if t.grad is not None else zero(t) for t in (x, h0, c0)]
+    grads += [p.grad if p.grad is not None else zero(p) for p in lstm.parameters()]
+    return [out.detach(), h.detach(), c.detach()], grads
+
+
+def assert_close(actual, expected, rtol):
+    """Relative error in norm, per tensor (robust to entries that are tiny by cancellation)."""
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape and a.dtype == e.dtype
+        err = (a - e).norm().item()
+        assert err <= rtol * max(e.norm().item(), 1e-12), (err, e.norm().item())
+
+
+# --- parameters -----------------------------------------------------------------------------
+
+def test_parameters_follow_nn_lstm_and_init_range():
+    lstm, ref = HDetachLSTM(3, 64), nn.LSTM(3, 64)
+    names = [n for n, _ in lstm.named_parameters()]
+    assert names == ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+    for name, p in lstm.named_parameters():
+        assert p.shape == getattr(ref, name + "_l0").shape
+        bound = 1 / math.sqrt(64)
+        assert p.abs().max() <= bound
+        # spread over the whole range (not a narrower init): uniform's extremes and spread
+        assert p.max() > 0.9 * bound and p.min() < -0.9 * bound
+        assert abs(p.std().item() - bound / math.sqrt(3)) < 0.15 * bound
+    net = HDetachNet(3, 64, 7)
+    assert isinstance(net.lstm, HDetachLSTM) and isinstance(net.readout, nn.Linear)
+    assert net.readout.out_features == 7 and net.lstm.impl == "fast"
+    assert set(model.IMPLS) == {"fast", "reference"}
+    with pytest.raises(ValueError):
+        HDetachLSTM(3, 4, impl="nope")
+
+
+# --- parity with torch.nn.LSTM (plain BPTT) -------------------------------------------------
+
+@pytest.mark.parametrize("impl", model.IMPLS)
+@pytest.mark.parametrize("p", [0.0, -1.0])
+def test_matches_nn_lstm_without_hdetach(impl, p):
+    torch.manual_seed(0)
+    ref = nn.LSTM(I, H).double()
+    lstm = HDetachLSTM(I, H, impl=impl).double()
+    with torch.no_grad():
+        for name, param in lstm.named_parameters():
+            param.copy_(getattr(ref, name + "_l0"))
+    x, h0, c0 = make_inputs()
+    w_out, w_h, w_c = loss_weights(torch.float64)
+    outs, grads = run(lstm, x, h0, c0, p=p)
+
+    xr, h0r, c0r = (t.clone().requires_grad_() for t in (x, h0, c0))
+    out, (h, c) = ref(xr, (h0r.unsqueeze(0), c0r.unsqueeze(0)))
+    ((out * w_out).sum() + (h[0] * w_h).sum() + (c[0] * w_c).sum()).backward()
+    expected = [out.detach(), h[0].detach(), c[0].detach()]
+    expected_grads = [xr.grad, h0r.grad, c0r.grad] + [
+        getattr(ref, name + "_l0").grad for name, _ in lstm.named_parameters()]
+    assert_close(outs, expected, 1e-12)
+    assert_close(grads, expected_grads, 1e-10)
+
+
+# --- h-detach semantics ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", model.IMPLS)
+@pytest.mark.parametrize("p", [0.25, 0.5, 1.0])
+def test_hdetach_matches_a_loop_that_detaches_the_drawn_steps(impl, p):
+    lstm = make_lstm(impl)
+    x, h0, c0 = make_inputs()
+    cut = draw_detach_mask(T, p, torch.Generator().manual_seed(3))
+    assert 0 < sum(cut) <= T and (p < 1 or all(cut))
+    outs, grads = run(lstm, x, h0, c0, p=p, seed=3)
+
+    xm, h0m, c0m = (t.clone().requires_grad_() for t in (x, h0, c0))
+    params = [q.detach().clone().requires_grad_() for q in lstm.parameters()]
+    out, h, c = manual_lstm(xm, h0m, c0m, *params, cut)
+    w_out, w_h, w_c = loss_weights(torch.float64)
+    ((out * w_out).sum() + (h * w_h).sum() + (c * w_c).sum()).backward()
+    zero = torch.zeros_like
+    expected = [t.grad if t.grad is not None else zero(t) for t in (xm, h0m, c0m)] + [
+        q.grad for q in params]
+    assert_close(outs, [out.detach(), h.detach(), c.detach()], 1e-12)
+    assert_close(grads, expected, 1e-10)
+    # and h-detach did change the gradient (the test could tell the two apart)
+    _, plain = run(lstm, x, h0, c0, p=0.0)
+    assert (grads[4] - plain[4]).norm() > 1e-3 * plain[4].norm()
+
+
+@pytest.mark.parametrize("impl", model.IMPLS)
+def test_p1_cuts_every_h_path_but_the_c_path_carries_gradient(impl):
+    lstm = make_lstm(impl)
+    x, h0, c0 = make_inputs()
+    x, h0, c0 = (t.clone().requires_grad_() for t in (x, h0, c0))
+    out, _ = lstm(x, (h0, c0), p=1.0, generator=torch.Generator().manual_seed(0))
+    gx, gh0, gc0 = torch.autograd.grad(out[-1].sum(), (x, h0, c0), allow_unused=True)
+    assert gh0 is None or gh0.abs().max() == 0       # h0 reaches h_T only through h paths
+    assert gc0.abs().max() > 1e-12                   # c0 reaches it through c (decayed by the
+    assert gx[0].abs().max() > 1e-12                 # forget gates); d h_T / d x_1 likewise
+    # it equals the loop with h detached at every step ...
+    xm = x.detach().clone().requires_grad_()
+    params = [q.detach() for q in lstm.parameters()]
+    out_m, _, _ = manual_lstm(xm, h0.detach(), c0.detach(), *params, [True] * T)
+    (gxm,) = torch.autograd.grad(out_m[-1].sum(), (xm,))
+    assert_close([gx], [gxm], 1e-10)
+    # ... and differs from plain BPTT
+    (gx_plain,) = torch.autograd.grad(lstm(x, (h0, c0))[0][-1].sum(), (x,))
+    assert (gx_plain[0] - gx[0]).abs().max() > 1e-3 * gx_plain[0].abs().max()
+
+
+def test_readout_gradient_of_a_cut_h_still_flows():
+    """A cut h_{t-1} keeps the gradient from its own readout (only the recurrent path is cut)."""
+    lstm = make_lstm("fast")
+    x, h0, c0 = make_inputs()
+    x = x.clone().requires_grad_()
+    out, _ = lstm(x, (h0, c0), p=1.0, generator=torch.Generator().manual_seed(0))
+    (g,) = torch.autograd.grad(out[T // 2].sum(), (x,))
+    assert g[T // 2].abs().max() > 0 and g[: T // 2].abs().max() > 0
+    assert g[T // 2 + 1:].abs().max() == 0
+
+
+# --- draws ----------------------------------------------------------------------------------
+
+def test_draws_are_seeded_and_one_per_step():
+    a = draw_detach_mask(200, 0.3, torch.Generator().manual_seed(7))
+    b = draw_detach_mask(200, 0.3, torch.Generator().manual_seed(7))
+    c = draw_detach_mask(200, 0.3, torch.Generator().manual_seed(8))
+    assert a == b and a != c and len(a) == 200 and all(isinstance(v, bool) for v in a)
+    assert 30 < sum(a) < 90  # about p * steps
+    u = torch.rand(200, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert a == (u <= 0.3).tolist()
+    assert all(draw_detach_mask(50, 1.0, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("p", [0.0, -0.5])
+def test_p_at_most_zero_draws_nothing(p):
+    gen = torch.Generator().manual_seed(5)
+    state = gen.get_state()
+    assert draw_detach_mask(T, p, gen) is None
+    for impl in model.IMPLS:
+        lstm = make_lstm(impl)
+        lstm(make_inputs()[0], p=p, generator=gen)
+        assert torch.equal(gen.get_state(), state)
+
+
+@pytest.mark.parametrize("impl", model.IMPLS)
+def test_draws_consumed_in_training_and_not_under_no_grad(impl):
+    lstm = make_lstm(impl)
+    x = make_inputs()[0]
+    gen = torch.Generator().manual_seed(5)
+    state = gen.get_state()
+    with torch.no_grad():
+        out_eval, _ = lstm(x, p=0.5, generator=gen)
+    assert torch.equal(gen.get_state(), state)
+    out_train, _ = lstm(x, p=0.5, generator=gen)
+    torch.testing.assert_close(out_eval, out_train.detach(), rtol=1e-12, atol=1e-12)
+    expected = torch.Generator().manual_seed(5)
+    torch.rand(T, generator=expected, dtype=torch.float64)
+    assert torch.equal(gen.get_state(), expected.get_state())
+    # without a generator the draws come from the global one
+    torch.manual_seed(11)
+    lstm(x, p=0.5)
+    after = torch.rand(3)
+    torch.manual_seed(11)
+    draw_detach_mask(T, 0.5)
+    assert torch.equal(after, torch.rand(3))
+
+
+# --- fast == reference ----------------------------------------------------------------------
+
+CHUNKINGS = [(5, 2), (4, 4), (1, 1), (T, 3)]  # (steps per chunk, steps per backward sub-chunk)
+
+
+@pytest.mark.parametrize("chunk,sub", CHUNKINGS)
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("p", [0.0, 0.25, 1.0])
+@pytest.mark.parametrize("last_only", [False, True])
+def test_fast_matches_reference(monkeypatch, chunk, sub, dtype, rtol, p, last_only):
+    monkeypatch.setattr(model, "_chunk_steps", lambda *args: chunk)
+    monkeypatch.setattr(model, "_sub_steps", lambda *args: sub)
+    x, h0, c0 = make_inputs(dtype)
+    results, states = [], []
+    for impl in ("reference", "fast"):
+        gen = torch.Generator().manual_seed(3)
+        results.append(run(make_lstm(impl, dtype), x, h0, c0, p=p, last_only=last_only,
+                           generator=gen))
+        states.append(gen.get_state())
+    (ref_out, ref_grads), (fast_out, fast_grads) = results
+    assert_close(fast_out, ref_out, rtol)
+    assert_close(fast_grads, ref_grads, rtol)
+    assert torch.equal(states[0], states[1])  # the same draws, so a run can switch impl
+
+
+def test_fast_loss_through_some_outputs_only():
+    """Gradient arriving at a few steps only (None for the final state), chunked."""
+    x, h0, c0 = make_inputs()
+    grads = []
+    for impl in ("reference", "fast"):
+        lstm = make_lstm(impl)
+        xg = x.clone().requires_grad_()
+        out, _ = lstm(xg, (h0, c0), p=0.25, generator=torch.Generator().manual_seed(4))
+        (out[3].sum() + out[17].pow(2).sum()).backward()
+        grads.append([xg.grad] + [q.grad for q in lstm.parameters()])
+    assert_close(grads[1], grads[0], 1e-10)
+
+
+def test_fast_backward_twice_and_buffers_reused_between(monkeypatch):
+    """retain_graph: a second backward of a graph whose buffers a later step reused."""
+    monkeypatch.setattr(model, "_chunk_steps", lambda *args: 4)
+    lstm = make_lstm("fast")
+    x, h0, c0 = make_inputs()
+    w_out = loss_weights(torch.float64)[0]
+    out, _ = lstm(x, (h0, c0), p=0.25, generator=torch.Generator().manual_seed(1))
+    kept = out.detach().clone()
+    loss = (out * w_out).sum()
+    loss.backward(retain_graph=True)
+    first = lstm.weight_hh.grad.clone()
+    # another step takes the same (pooled) buffers and overwrites them
+    out2, _ = lstm(x.flip(0), (c0, h0), p=0.25, generator=torch.Generator().manual_seed(2))
+    (out2 * w_out).sum().backward()
+    assert torch.equal(out, kept)  # outputs are never pooled
+    lstm.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.testing.assert_close(lstm.weight_hh.grad, first, rtol=1e-12, atol=0)
+
+
+def test_fast_inference_path_matches_reference():
+    x, h0, c0 = make_inputs()
+    with torch.no_grad():
+        results = [make_lstm(impl)(x, (h0, c0)) for impl in ("reference", "fast")]
+    (out_r, (h_r, c_r)), (out_f, (h_f, c_f)) = results
+    assert_close([out_f, h_f, c_f], [out_r, h_r, c_r], 1e-12)
+    assert out_f.shape == (T, B, H) and h_f.shape == c_f.shape == (B, H)
+
+
+@pytest.mark.parametrize("chunk,sub", [(5, 2), (T, T)])
+@pytest.mark.parametrize("last_only", [False, True])
+def test_net_fast_matches_reference(monkeypatch, chunk, sub, last_only):
+    """The net reads the fast path's outputs in its (T, H, B) layout; its gradient goes back
+    in that layout, which the backward uses without copies."""
+    monkeypatch.setattr(model, "_chunk_steps", lambda *args: chunk)
+    monkeypatch.setattr(model, "_sub_steps", lambda *args: sub)
+    x = make_inputs()[0]
+    results = []
+    for impl in ("reference", "fast"):
+        torch.manual_seed(0)
+        net = HDetachNet(I, H, 4, impl=impl).double()
+        logits = net(x, p=0.5, generator=torch.Generator().manual_seed(9), last_only=last_only)
+        logits.pow(2).sum().backward()
+        assert logits.shape == ((B, 4) if last_only else (T, B, 4))
+        results.append([logits.detach()] + [q.grad for q in net.parameters()])
+    assert_close(results[1], results[0], 1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("p", [0.0, 0.25])
+def test_fast_matches_reference_on_cuda(p):
+    x, h0, c0 = (t.cuda() for t in make_inputs())
+    results = []
+    for impl in ("reference", "fast"):
+        results.append(run(make_lstm(impl).cuda(), x, h0, c0, p=p))
+    assert_close(results[1][0], results[0][0], 1e-10)
+    assert_close(results[1][1], results[0][1], 1e-10)
