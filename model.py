@@ -423,9 +423,10 @@ class HDetachNet(nn.Module):
         self.readout = nn.Linear(hidden_size, num_classes)
 
     def forward(self, x, p=0.0, generator=None, last_only=False):
-        out, _ = self.lstm(x, p=p, generator=generator)
+        out, (h, _) = self.lstm(x, p=p, generator=generator)
         if last_only:
-            return self.readout(out[-1])
+            # h is out[-1]; reading it spares the fast backward a (T, B, H) gradient of zeros.
+            return self.readout(h)
         out_t = out.transpose(1, 2)
         if out_t.stride(2) == 1 and out_t.stride(1) == out_t.shape[2]:
             # The fast path stores the outputs (T, H, B): reading them out in that layout
