@@ -37,7 +37,8 @@ def load_model(model_dir, device):
     if os.path.isdir(model_dir):
         path = os.path.join(model_dir, "best_model.pt")
         if not os.path.isfile(path):
-            raise UsageError(f"{model_dir} holds no best_model.pt: is it a copying run folder?")
+            raise UsageError(f"{model_dir} holds no best_model.pt (a copying run writes it at the "
+                             "end of its first epoch)")
     elif not os.path.exists(model_dir):
         raise UsageError(f"--model-dir {model_dir} does not exist")
     checkpoint = load_checkpoint(path, task=TASK)
