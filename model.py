@@ -236,6 +236,8 @@ class _FastLSTMFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         z, cn, chunks = _fast_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep=True, pool=pool)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        # z is kept on ctx rather than saved: its only handles outside are the outputs, views
+        # that autograd refuses to modify in place (tests/test_model.py checks it).
         ctx.z, ctx.chunks, ctx.mask, ctx.pool = z, chunks, mask, pool
         return _fast_outputs(z, cn, w_hh.shape[1])
 

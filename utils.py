@@ -18,7 +18,8 @@ import torch
 
 CHECKPOINT_FORMAT = "h-detach-checkpoint/1"
 # Files a run folder may hold; their presence marks a folder as holding a run.
-RUN_FILES = ("config.json", "last.pt", "best_model.pt", "results.json", "transfer.json")
+RUN_FILES = ("config.json", "last.pt", "best_model.pt", "results.json", "transfer.json",
+             "permutation.json")
 EVENTS_PREFIX = "events.out.tfevents."
 
 

@@ -318,3 +318,11 @@ def test_fast_matches_reference_on_cuda(p):
         results.append(run(make_lstm(impl).cuda(), x, h0, c0, p=p))
     assert_close(results[1][0], results[0][0], 1e-10)
     assert_close(results[1][1], results[0][1], 1e-10)
+
+
+def test_fast_refuses_outputs_modified_in_place():
+    # The backward reads the outputs' storage, so changing them in place must be refused.
+    layer = model.HDetachLSTM(2, 3)
+    out, _ = layer(torch.randn(4, 2, 2))
+    with pytest.raises(RuntimeError, match="inplace"):
+        out.mul_(2)
