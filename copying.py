@@ -18,9 +18,10 @@ from torch import nn
 from tqdm import tqdm
 
 from model import HDetachNet
-from utils import (ArgParser, StopSignals, TrainingRun, UsageError, add_run_flags,
-                   copying_batch, copying_symbols, finite_float, p_in_force,
-                   parse_run_args, positive_int, report_errors, resolve_device, set_seed)
+from runfolder import TrainingRun, parse_run_args
+from utils import (ArgParser, StopSignals, UsageError, add_run_flags, copying_batch,
+                   copying_symbols, finite_float, p_in_force, positive_int, report_errors,
+                   resolve_device, set_seed)
 
 TASK = "copying"
 NUM_CLASSES = 9
@@ -66,7 +67,7 @@ def evaluate(net, symbols, delay, device):
     return loss_sum / (count * steps), 100.0 * correct / (count * 10)
 
 
-def run(args, argv, last):
+def run(args, argv, last, lock=None):
     device = resolve_device(args.device)
     if args.train_size < args.batch_size:
         raise UsageError(f"--train-size ({args.train_size}) must be at least --batch-size "
@@ -81,11 +82,11 @@ def run(args, argv, last):
     net = HDetachNet(**model_config, impl=args.impl).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     run = TrainingRun(TASK, args, net, optimizer,
-                      {"batches": batch_gen, "detach": detach_gen}, model_config)
+                      {"batches": batch_gen, "detach": detach_gen}, model_config, lock=lock)
     run.open(argv, device, last)
     iters = args.train_size // args.batch_size
     with StopSignals() as stop:
-        while run.epoch < args.n_epochs:
+        while run.epoch < run.target_epoch:
             p = p_in_force(args.p_detach, run.epoch, args.n_epochs, args.anneal_p)
             bar = tqdm(total=iters, initial=run.epoch_iteration, leave=False, disable=None,
                        desc=f"epoch {run.epoch + 1}/{args.n_epochs}")
@@ -100,7 +101,7 @@ def run(args, argv, last):
                 bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
                 if stop.requested:
                     bar.close()
-                    print(run.stop_message(stop.requested, COMMAND))
+                    print(run.stop(stop.requested, COMMAND), flush=True)
                     return 0
             bar.close()
             val_loss, val_acc = evaluate(net, valid_symbols, args.T, device)
@@ -112,6 +113,9 @@ def run(args, argv, last):
                   f"valid loss {val_loss:.4f}  valid acc {val_acc:6.2f}%  best "
                   f"{run.best['accuracy']:6.2f}% (epoch {run.best['epoch']})  "
                   f"{run.elapsed():.0f}s", flush=True)
+    if run.epoch < args.n_epochs:
+        print(run.pause(COMMAND), flush=True)
+        return 0
     results = run.finish({"best_valid_accuracy": run.best["accuracy"],
                           "best_epoch": run.best["epoch"],
                           "final_valid_accuracy": run.history[-1]["valid/accuracy"],
@@ -126,8 +130,9 @@ def main(argv=None):
     parser = build_parser()
 
     def start():
-        args, last = parse_run_args(parser, argv, TASK)
-        return run(args, argv, last)
+        args, last, lock = parse_run_args(parser, argv, TASK)
+        with lock:
+            return run(args, argv, last, lock)
     return report_errors(start)
 
 

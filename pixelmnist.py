@@ -40,10 +40,10 @@ from torch import nn
 from tqdm import tqdm
 
 from model import HDetachNet
-from utils import (ArgParser, StopSignals, TrainingRun, UsageError, add_run_flags,
-                   finite_float, non_negative_int, p_in_force,
-                   parse_run_args, positive_int, report_errors, resolve_device, set_seed,
-                   write_json)
+from runfolder import TrainingRun, parse_run_args, write_json
+from utils import (ArgParser, StopSignals, UsageError, add_run_flags, finite_float,
+                   non_negative_int, p_in_force, positive_int, report_errors, resolve_device,
+                   set_seed)
 
 TASK = "pixelmnist"
 NUM_CLASSES = 10
@@ -260,7 +260,7 @@ def evaluate(net, split, pixel_order, batch_size):
     return loss_sum / count, 100.0 * correct / count
 
 
-def run(args, argv, last):
+def run(args, argv, last, lock=None):
     device = resolve_device(args.device)
     # Every input is checked (data present, readable, large enough, the same as the stored
     # run's) before TrainingRun.open clears or touches the run folder.
@@ -281,7 +281,8 @@ def run(args, argv, last):
     net = HDetachNet(**model_config, impl=args.impl).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     run = TrainingRun(TASK, args, net, optimizer, {"order": order_gen, "detach": detach_gen},
-                      model_config, extra={"permutation": permutation, "data_sha256": fingerprint})
+                      model_config, extra={"permutation": permutation, "data_sha256": fingerprint},
+                      lock=lock)
     run.open(argv, device, last)
     if last is None:
         write_json(os.path.join(args.save_dir, "permutation.json"), {
@@ -294,7 +295,7 @@ def run(args, argv, last):
     batch = args.batch_size
     iters = math.ceil(args.train_size / batch)  # a last partial batch trains, as a DataLoader's
     with StopSignals() as stop:
-        while run.epoch < args.n_epochs:
+        while run.epoch < run.target_epoch:
             p = p_in_force(args.p_detach, run.epoch, args.n_epochs, args.anneal_p)
             if run.epoch_iteration == 0:
                 # Drawn at the epoch's start and kept in last.pt, so a mid-epoch resume goes on
@@ -315,7 +316,7 @@ def run(args, argv, last):
                 bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
                 if stop.requested:
                     bar.close()
-                    print(run.stop_message(stop.requested, COMMAND), flush=True)
+                    print(run.stop(stop.requested, COMMAND), flush=True)
                     return 0
             bar.close()
             val_loss, val_acc = evaluate(net, valid, pixel_order, batch)
@@ -335,6 +336,9 @@ def run(args, argv, last):
                   f"{val_acc:6.2f}%  best {run.best['accuracy']:6.2f}% (epoch "
                   f"{run.best['epoch']}, test {run.best['test_accuracy']:6.2f}%)  "
                   f"{run.elapsed():.0f}s", flush=True)
+    if run.epoch < args.n_epochs:
+        print(run.pause(COMMAND), flush=True)
+        return 0
     best = run.best
     run.log.scalar("best/valid_accuracy", best["accuracy"], run.epoch)
     run.log.scalar("best/test_accuracy", best["test_accuracy"], run.epoch)
@@ -357,8 +361,9 @@ def main(argv=None):
     parser = build_parser()
 
     def start():
-        args, last = parse_run_args(parser, argv, TASK)
-        return run(args, argv, last)
+        args, last, lock = parse_run_args(parser, argv, TASK)
+        with lock:
+            return run(args, argv, last, lock)
     return report_errors(start)
 
 

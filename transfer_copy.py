@@ -13,8 +13,9 @@ import torch
 
 from copying import NUM_CLASSES, TASK, evaluate
 from model import HDetachNet
-from utils import (ArgParser, UsageError, copying_symbols, load_checkpoint, positive_int,
-                   read_json, report_errors, resolve_device, seed_value, write_json)
+from runfolder import file_sha256, load_checkpoint, read_json, write_json
+from utils import (ArgParser, UsageError, copying_symbols, positive_int, report_errors,
+                   resolve_device, seed_value)
 
 
 def build_parser():
@@ -73,6 +74,7 @@ def run(args):
     results = {row["T"]: row for row in previous.get("results", [])} if same_setup else {}
     results.update(rows)
     write_json(out, {"checkpoint": os.path.basename(path), "trained_T": trained_t,
+                     "checkpoint_sha256": file_sha256(path),
                      "checkpoint_epoch": checkpoint.get("epoch"), "seed": args.seed,
                      "test_size": args.test_size,
                      "results": [results[delay] for delay in sorted(results)]})

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 import copying
 import transfer_copy
+import runfolder
 import utils
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,13 +37,23 @@ def raw_steps(folder, tag):
     """Every (step, value) of a tag in the raw event files, duplicates included."""
     points = []
     for name in sorted(os.listdir(folder)):
-        if name.startswith(utils.EVENTS_PREFIX):
+        if name.startswith(runfolder.EVENTS_PREFIX):
             for event in EventFileLoader(os.path.join(folder, name)).Load():
                 for value in event.summary.value:
                     if value.tag == tag:
                         points.append((event.step, value.tensor.float_val[0]
                                        if value.HasField("tensor") else value.simple_value))
     return points
+
+
+def untimed(history):
+    """A run's history without its wall-clock column (the one thing two equal runs differ in)."""
+    return [{k: v for k, v in record.items() if k != "elapsed_s"} for record in history]
+
+
+def metrics_untimed(folder):
+    return [{k: v for k, v in row.items() if k != "elapsed_s"}
+            for row in runfolder.read_metrics(str(Path(folder) / "metrics.csv"))]
 
 
 def snapshot(folder):
@@ -102,7 +113,7 @@ def tiny_run(tmp_path_factory):
 def test_run_folder_contents(tiny_run):
     names = set(os.listdir(tiny_run))
     assert {"config.json", "last.pt", "best_model.pt", "results.json"} <= names
-    assert any(n.startswith(utils.EVENTS_PREFIX) for n in names)
+    assert any(n.startswith(runfolder.EVENTS_PREFIX) for n in names)
     assert not [n for n in names if n.endswith(".tmp")]
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["task"] == "copying" and config["args"]["T"] == 6
@@ -244,7 +255,7 @@ def test_transfer_bad_model_dir(tiny_run, tmp_path, capsys, target):
         path.write_bytes((tiny_run / "best_model.pt").read_bytes()[:2000])
     elif target == "other-task":
         best = torch.load(tiny_run / "best_model.pt", weights_only=True)
-        utils.save_checkpoint(str(path), dict(best, task="pixelmnist"))
+        runfolder.save_checkpoint(str(path), dict(best, task="pixelmnist"))
     before = snapshot(tmp_path)
     expect_error(capsys, lambda: transfer_copy.main(["--model-dir", str(path), "--T", "8"]))
     assert snapshot(tmp_path) == before
@@ -280,7 +291,7 @@ def test_resume_from_damaged_or_foreign_last(tiny_run, tmp_path, capsys, damage)
         torch.save({"weights": torch.zeros(3)}, folder / "last.pt")
     else:
         payload = torch.load(tiny_run / "last.pt", weights_only=True)
-        utils.save_checkpoint(str(folder / "last.pt"), dict(payload, task="pixelmnist"))
+        runfolder.save_checkpoint(str(folder / "last.pt"), dict(payload, task="pixelmnist"))
     before = snapshot(folder)
     expect_error(capsys, lambda: copying.main(["--save-dir", str(folder), "--resume"]))
     assert snapshot(folder) == before
@@ -315,10 +326,10 @@ def test_interrupted_save_keeps_the_good_checkpoint(tiny_run, tmp_path, monkeypa
 
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
-        utils.save_checkpoint(str(path), {"model": {}})
+        runfolder.save_checkpoint(str(path), {"model": {}})
     assert path.read_bytes() == good
     assert os.listdir(tmp_path) == ["last.pt"]
-    utils.load_checkpoint(str(path), task="copying")
+    runfolder.load_checkpoint(str(path), task="copying")
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, capsys, monkeypatch):
@@ -337,7 +348,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, capsys, monke
     monkeypatch.setattr(copying.HDetachNet, "forward", poisoned)
     err = expect_error(capsys, lambda: run_copying(folder), code=1, contains="training loss")
     assert "nan" in err and "last.pt" in err
-    last = utils.load_checkpoint(str(folder / "last.pt"), task="copying")
+    last = runfolder.load_checkpoint(str(folder / "last.pt"), task="copying")
     assert last["epoch"] == 1 and last["iteration"] == 3
     assert all(torch.isfinite(v).all() for v in last["model"].values())
     assert not (folder / "results.json").exists()
@@ -349,7 +360,7 @@ def test_resume_after_checkpoint_every_is_exact(tmp_path):
     run_copying(straight)
     # A run that saves every 2 iterations; keep a copy of the folder as it was at iteration 4.
     stopped = tmp_path / "stopped"
-    original = utils.TrainingRun.save_last
+    original = runfolder.TrainingRun.save_last
     kept = {}
 
     def save_and_copy(self):
@@ -357,11 +368,11 @@ def test_resume_after_checkpoint_every_is_exact(tmp_path):
         if self.iteration == 4 and not kept:
             kept.update({p.name: p.read_bytes() for p in stopped.iterdir()})
 
-    utils.TrainingRun.save_last = save_and_copy
+    runfolder.TrainingRun.save_last = save_and_copy
     try:
         run_copying(stopped, "--checkpoint-every", "2")
     finally:
-        utils.TrainingRun.save_last = original
+        runfolder.TrainingRun.save_last = original
     for p in stopped.iterdir():
         p.unlink()
     for name, data in kept.items():
@@ -377,7 +388,8 @@ def assert_same_run(a, b):
     assert ra == rb
     la = torch.load(a / "last.pt", weights_only=True)
     lb = torch.load(b / "last.pt", weights_only=True)
-    assert la["history"] == lb["history"]
+    assert untimed(la["history"]) == untimed(lb["history"])
+    assert metrics_untimed(a) == metrics_untimed(b)  # metrics.csv in step with last.pt
     for key in la["model"]:
         assert torch.equal(la["model"][key], lb["model"][key]), key
     for tag in ("train/loss", "valid/accuracy", "valid/loss", "p_detach"):

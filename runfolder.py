@@ -1,0 +1,707 @@
+"""The run folder: the one concept the training scripts, ``sweep.py`` and ``report.py`` share.
+
+A run folder (``--save-dir``) holds:
+
+    config.json        the exact arguments, command line, device, versions, every resume
+    metrics.csv        one row per finished epoch, always in step with last.pt
+    last.pt            everything an exact resume needs (written after every epoch)
+    best_model.pt      the best-validation weights (never the same file as last.pt)
+    results.json       only once the run has finished all its epochs
+    state.json         what the run is doing or why it ended (running, paused, stopped, failed,
+                       done), for tools that read the folder while no process holds it
+    events.out.tfevents.*   TensorBoard scalars
+    .lock              the writer's lock: one process at a time trains in a folder
+
+The write side (atomic files, checkpoints, the event log, the lock, ``TrainingRun``) is used by
+the training scripts; the read side (``RunFolder``) by the tools that look at runs. Nothing here
+runs on import.
+"""
+import csv
+import hashlib
+import datetime
+import errno
+import fcntl
+import io
+import json
+import math
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from utils import (RESUMABLE_KEYS, NothingToDo, RunStopped, UsageError, explicit_keys,
+                   merge_resume_args, restore_rng_states, rng_states, warn_if_annealing_dominates)
+
+CHECKPOINT_FORMAT = "h-detach-checkpoint/1"
+# Files a run folder may hold; their presence marks a folder as holding a run.
+RUN_FILES = ("config.json", "last.pt", "best_model.pt", "results.json", "transfer.json",
+             "permutation.json", "metrics.csv", "state.json")
+EVENTS_PREFIX = "events.out.tfevents."
+LOCK_NAME = ".lock"
+# metrics.csv's columns, and the history keys (last.pt) they come from.
+METRICS_COLUMNS = ("epoch", "p_detach", "train_loss", "valid_loss", "valid_accuracy",
+                   "test_accuracy", "iteration", "elapsed_s")
+_HISTORY_KEYS = {"epoch": "epoch", "p_detach": "p_detach", "train_loss": "train/epoch_loss",
+                 "valid_loss": "valid/loss", "valid_accuracy": "valid/accuracy",
+                 "test_accuracy": "test/accuracy", "iteration": "iteration",
+                 "elapsed_s": "elapsed_s"}
+
+
+# ----------------------------------------------------------------------------- files
+
+def run_files_in(folder):
+    """Names of the run files already in ``folder`` (empty if it does not exist)."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(name for name in os.listdir(folder)
+                  if name in RUN_FILES or name.startswith(EVENTS_PREFIX))
+
+
+def check_run_dir(folder, overwrite=False, resume=False):
+    """Refuse a ``--save-dir`` that cannot take this run, before anything is written.
+
+    A folder holding a run is refused unless ``overwrite`` (its run files are removed later, by
+    ``clear_run_dir``, once the new run's inputs have been checked) or ``resume`` (then it must
+    hold a ``last.pt``).
+    """
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume contradict each other; choose one")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"--save-dir {folder} exists and is not a folder")
+    existing = run_files_in(folder)
+    if resume:
+        if "last.pt" not in existing:
+            raise UsageError(f"nothing to resume in {folder}: it holds no last.pt")
+        return
+    if existing and not overwrite:
+        shown = [name for name in existing if name in RUN_FILES] or ["TensorBoard events"]
+        raise UsageError(f"{folder} already holds a run ({', '.join(shown)}); use --resume to "
+                         "continue it, --overwrite to replace it, or another --save-dir")
+
+
+def clear_run_dir(folder):
+    """Create ``folder``, removing the run files (and only those) of an earlier run."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create --save-dir {folder}: {err.strerror}") from None
+    for name in run_files_in(folder):
+        os.remove(os.path.join(folder, name))
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write):
+    """Write ``path`` through a temporary file beside it and ``os.replace``: a reader, or a
+    kill at any instant, sees the old file or the new one, never a part."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda handle: handle.write(
+        (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+
+
+def read_json(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def file_sha256(path):
+    """The SHA-256 of a file: ties a result (transfer.json) to the exact checkpoint it used."""
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def now_iso():
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def write_config(folder, task, args, argv, device):
+    """``config.json``: the exact arguments, the command line, versions and start time."""
+    import tensorboardX
+    write_json(os.path.join(folder, "config.json"), {
+        "task": task,
+        "args": vars(args),
+        "argv": list(argv),
+        "device": str(device),
+        "started": now_iso(),
+        "resumed": [],
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "numpy": np.__version__, "tensorboardX": tensorboardX.__version__},
+    })
+
+
+def note_resume(folder, argv, device):
+    path = os.path.join(folder, "config.json")
+    config = read_json(path) if os.path.exists(path) else {}
+    config.setdefault("resumed", []).append(
+        {"at": now_iso(), "argv": list(argv), "device": str(device)})
+    write_json(path, config)
+
+
+def write_state(folder, state, **fields):
+    """``state.json``: what the run is doing (``running``) or how it ended (``paused``,
+    ``stopped``, ``failed``, ``done``), with the epoch it is at and a message."""
+    write_json(os.path.join(folder, "state.json"),
+               dict(fields, state=state, pid=os.getpid(), at=now_iso()))
+
+
+# ----------------------------------------------------------------------------- metrics.csv
+
+def metrics_rows(history):
+    """metrics.csv's rows (dicts over ``METRICS_COLUMNS``, '' where not measured) from a run's
+    per-epoch history (as kept in last.pt)."""
+    rows = []
+    for record in history:
+        row = {}
+        for column in METRICS_COLUMNS:
+            value = record.get(_HISTORY_KEYS[column], "")
+            row[column] = value if isinstance(value, (int, str)) else repr(float(value))
+        rows.append(row)
+    return rows
+
+
+def write_metrics(folder, history):
+    """Rewrite metrics.csv from the whole history: it always equals what last.pt holds (a
+    resume rewrites it from the restored history, so a row written after the last checkpoint
+    disappears with the epoch it belonged to)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(metrics_rows(history))
+    atomic_write(os.path.join(folder, "metrics.csv"),
+                 lambda handle: handle.write(text.getvalue().encode()))
+
+
+class DamagedFile(Exception):
+    """A run file that exists but cannot be read as what it should be."""
+
+
+def read_metrics(path):
+    """metrics.csv as a list of dicts of numbers (None where a cell is empty). A file that is
+    not such a table raises ``DamagedFile`` naming the file and the line."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not {"epoch", "valid_accuracy"} <= set(
+                    reader.fieldnames):
+                raise DamagedFile(f"{path}: no epoch / valid_accuracy header")
+            rows = []
+            for line, raw in enumerate(reader, start=2):
+                row = {}
+                for key, value in raw.items():
+                    if key is None or value is None:
+                        raise DamagedFile(f"{path}, line {line}: wrong number of fields")
+                    try:
+                        row[key] = float(value) if value != "" else None
+                    except ValueError:
+                        raise DamagedFile(f"{path}, line {line}: {key} is {value!r}, "
+                                          "not a number") from None
+                if row.get("epoch") is None or row["epoch"] != int(row["epoch"]):
+                    raise DamagedFile(f"{path}, line {line}: no epoch number")
+                row["epoch"] = int(row["epoch"])
+                if rows and row["epoch"] != rows[-1]["epoch"] + 1:
+                    raise DamagedFile(f"{path}, line {line}: epoch {row['epoch']} follows "
+                                      f"epoch {rows[-1]['epoch']}")
+                rows.append(row)
+            return rows
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DamagedFile(f"{path}: not a CSV table ({err})") from None
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path, payload):
+    """``torch.save`` a dict of tensors and plain values atomically (temp file, then
+    ``os.replace``), tagged with our format so that loading can tell it from other files."""
+    payload = dict(payload, format=CHECKPOINT_FORMAT)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def load_checkpoint(path, task=None):
+    """Load one of our checkpoints with ``weights_only=True`` on the CPU.
+
+    A missing file, a file that is not a checkpoint (or is truncated), one of another format or
+    of another ``task``: each is a ``UsageError`` with one clear line.
+    """
+    if not os.path.isfile(path):
+        raise UsageError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises several types for foreign or truncated files
+        raise UsageError(f"{path} is not a readable h-detach checkpoint (a truncated file, or "
+                         "another kind of file)") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path} is not an h-detach checkpoint of this kit")
+    if task is not None and payload.get("task") != task:
+        raise UsageError(f"{path} is a checkpoint of the {payload.get('task')!r} task, "
+                         f"not of {task!r}")
+    return payload
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+class EventLog:
+    """Scalars to a TensorBoard event file (tensorboardX's record writer), written
+    synchronously so that ``position()`` is exact: a checkpoint stores the position, and a
+    resume cuts the log back to it (``rewind_event_log``), so no point is duplicated or lost.
+    """
+
+    def __init__(self, folder):
+        from tensorboardX.event_file_writer import EventsWriter
+        self.folder = folder
+        # Readers take a folder's event files in name order. The name starts with the second
+        # it was made; the session number after it keeps a resume made within the same second
+        # after the file it continues.
+        session = sum(name.startswith(EVENTS_PREFIX) for name in os.listdir(folder))
+        suffix = f".{session:04d}"
+        self._writer = EventsWriter(os.path.join(folder, "events"), suffix)
+        self.path = self._writer._file_name
+
+    def scalar(self, tag, value, step):
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+        self._writer.write_event(Event(wall_time=time.time(), step=int(step),
+                                       summary=scalar(tag, float(value))))
+
+    def position(self):
+        """Flush, and return the size of every event file in the folder."""
+        self._writer.flush()
+        return {name: os.path.getsize(os.path.join(self.folder, name))
+                for name in sorted(os.listdir(self.folder)) if name.startswith(EVENTS_PREFIX)}
+
+    def close(self):
+        self._writer.close()
+
+
+def rewind_event_log(folder, position):
+    """Cut the run's event files back to a stored ``position``: files written after it are
+    removed, files that grew are truncated to their stored size."""
+    for name in os.listdir(folder):
+        if not name.startswith(EVENTS_PREFIX):
+            continue
+        path = os.path.join(folder, name)
+        if name not in position:
+            os.remove(path)
+        elif os.path.getsize(path) > position[name]:
+            os.truncate(path, position[name])
+
+
+# ----------------------------------------------------------------------------- the lock
+
+class FolderLock:
+    """An exclusive ``flock`` on ``FOLDER/.lock``, held by the one process that trains in the
+    folder for its whole life. The kernel releases it when the process ends, however it ends
+    (kill -9 included), so a stale lock file never blocks anyone. The holder writes its pid
+    into the file so that a refused process can name it."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.path = os.path.join(folder, LOCK_NAME)
+        self._fd = None
+        self._made_folder = self._made_file = self._claimed = False
+
+    def acquire(self, retries=10):
+        try:
+            self._made_folder = not os.path.isdir(self.folder)
+            self._made_file = not os.path.exists(self.path)
+            os.makedirs(self.folder, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UsageError(f"cannot use --save-dir {self.folder}: {err.strerror}") from None
+        # A few short retries: a tool that only looks (holder_pid) holds a shared lock for an
+        # instant, and must not make a starting run fail.
+        for attempt in range(retries + 1):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES) or attempt == retries:
+                    os.close(fd)
+                    if err.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    pid = _read_pid(self.path)
+                    holder = f"pid {pid}" if pid and _alive(pid) else "another process"
+                    raise UsageError(f"{self.folder} is in use by {holder}, which is training "
+                                     "in it; wait for it to end or stop it first") from None
+                time.sleep(0.05)
+        self._fd = fd
+        return self
+
+    def claim(self):
+        """Write our pid into the lock file, once the run really starts (so that a process
+        refused on a user mistake leaves even the lock file as it was)."""
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        self._claimed = True
+
+    def release(self):
+        if self._fd is None:
+            return
+        if self._made_file and not self._claimed:
+            # The run stopped (on a user mistake) before it started: leave no trace, not even
+            # the lock file or a folder made for it.
+            os.remove(self.path)
+            if self._made_folder and not os.listdir(self.folder):
+                os.rmdir(self.folder)
+        os.close(self._fd)  # closing the descriptor drops the flock
+        self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is not None and not issubclass(
+                    exc_type, (UsageError, NothingToDo, KeyboardInterrupt, SystemExit)):
+                self._record_crash(exc)
+        finally:
+            self.release()
+        return False
+
+    def _record_crash(self, exc):
+        """A run that ended on an unexpected exception is marked ``failed`` with its last line,
+        so that a tool reading the folder later can say why."""
+        path = os.path.join(self.folder, "state.json")
+        try:
+            saved = read_json(path)
+        except (OSError, ValueError):
+            return
+        if saved.get("state") == "running" and saved.get("pid") == os.getpid():
+            lines = str(exc).strip().splitlines()
+            message = f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+            write_json(path, dict(saved, state="failed", message=message, at=now_iso()))
+
+
+def _read_pid(path):
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def holder_pid(folder):
+    """The pid of the process training in ``folder`` now, or None when none is."""
+    path = os.path.join(folder, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        pid = _read_pid(path)
+        return pid if pid and _alive(pid) else -1
+    finally:
+        os.close(fd)  # also drops the shared lock if it was taken
+    return None
+
+
+# ----------------------------------------------------------------------------- a training run
+
+def parse_run_args(parser, argv, task):
+    """Parse a training script's arguments and take the run folder's lock.
+
+    Returns ``(args, last, lock)``: with ``--resume`` the stored run's arguments are the base
+    (flags left out keep their stored values; flags the run predates take their defaults) and
+    ``last`` is its ``last.pt``. The caller keeps ``lock`` for as long as it trains."""
+    args = parser.parse_args(argv)
+    if os.path.exists(args.save_dir) and not os.path.isdir(args.save_dir):
+        raise UsageError(f"--save-dir {args.save_dir} exists and is not a folder")
+    # Take the lock before looking at the folder: a second process aimed at a folder another
+    # one trains in is told who holds it, and touches nothing.
+    lock = FolderLock(args.save_dir).acquire()
+    try:
+        check_run_dir(args.save_dir, overwrite=args.overwrite, resume=args.resume)
+        last = None
+        if args.resume:
+            last = load_checkpoint(os.path.join(args.save_dir, "last.pt"), task=task)
+            defaults = {key: parser.get_default(key) for key in vars(args)}
+            stored = dict(defaults, **last["config"])
+            args = merge_resume_args(args, explicit_keys(parser, argv), stored)
+            if last["epoch"] >= args.n_epochs and \
+                    os.path.exists(os.path.join(args.save_dir, "results.json")):
+                raise NothingToDo(f"the run in {args.save_dir} is complete ({last['epoch']} "
+                                  "epochs); nothing to resume")
+            if args.until_epoch is not None and last["epoch"] >= args.until_epoch and \
+                    last["epoch"] < args.n_epochs:
+                raise NothingToDo(f"the run in {args.save_dir} is at epoch {last['epoch']} of "
+                                  f"{args.n_epochs}, already at or past --until-epoch "
+                                  f"{args.until_epoch}; nothing to do")
+        warn_if_annealing_dominates(args)
+    except BaseException:
+        lock.release()
+        raise
+    return args, last, lock
+
+
+class TrainingRun:
+    """The bookkeeping of one training run, shared by the scripts: run folder, config.json,
+    metrics.csv, state.json, TensorBoard log, ``last.pt`` / ``best_model.pt``, exact resume and
+    clean stops.
+
+    The script owns its data, loss and evaluation; it advances ``epoch``,
+    ``epoch_iteration`` (iterations done in the current epoch), ``iteration`` (global, the
+    TensorBoard step of per-iteration scalars) and ``epoch_loss_sum``, and stores any extra
+    state it needs to resume (a permutation, an epoch's order) in ``extra``.
+    """
+
+    def __init__(self, task, args, net, optimizer, generators, model_config, extra=None,
+                 lock=None):
+        self.task, self.args, self.folder = task, args, args.save_dir
+        self.lock = lock
+        self.net, self.optimizer, self.generators = net, optimizer, generators
+        self.model_config = model_config
+        self.extra = dict(extra or {})
+        self.epoch = self.epoch_iteration = self.iteration = 0
+        self.epoch_loss_sum = 0.0
+        self.best = {"accuracy": None, "epoch": None}
+        self.history = []
+        self.wall_time = 0.0
+        self.log = None
+        self._clock = None
+
+    def open(self, argv, device, last=None):
+        """Start the run (clear the folder, write config.json) or restore it from ``last``."""
+        if last is None:
+            clear_run_dir(self.folder)
+            write_config(self.folder, self.task, self.args, argv, device)
+        else:
+            self.net.load_state_dict(last["model"])
+            self.optimizer.load_state_dict(last["optimizer"])
+            restore_rng_states(last["rng"], self.generators)
+            for key in ("epoch", "epoch_iteration", "iteration", "epoch_loss_sum", "best",
+                        "history", "wall_time", "extra"):
+                setattr(self, key, last[key])
+            rewind_event_log(self.folder, last["events"])
+            note_resume(self.folder, argv, device)
+        if self.lock is not None:
+            self.lock.claim()
+        write_metrics(self.folder, self.history)
+        self.log = EventLog(self.folder)
+        self._clock = time.perf_counter()
+        self.set_state("running")
+        return self
+
+    @property
+    def target_epoch(self):
+        """The epoch count this process trains to: ``--until-epoch`` when it comes first."""
+        until = getattr(self.args, "until_epoch", None)
+        return self.args.n_epochs if until is None else min(until, self.args.n_epochs)
+
+    def elapsed(self):
+        return self.wall_time + time.perf_counter() - self._clock
+
+    def set_state(self, state, message=None):
+        fields = {"epoch": self.epoch, "n_epochs": self.args.n_epochs,
+                  "iteration": self.iteration}
+        if message:
+            fields["message"] = message
+        write_state(self.folder, state, **fields)
+
+    def checkpoint_fields(self):
+        return {"task": self.task, "config": vars(self.args), "model_config": self.model_config,
+                "model": self.net.state_dict()}
+
+    def save_last(self):
+        """``last.pt``: everything an exact resume needs, at the current iteration."""
+        save_checkpoint(os.path.join(self.folder, "last.pt"), dict(
+            self.checkpoint_fields(), kind="last", optimizer=self.optimizer.state_dict(),
+            epoch=self.epoch, epoch_iteration=self.epoch_iteration, iteration=self.iteration,
+            epoch_loss_sum=self.epoch_loss_sum, best=self.best, history=self.history,
+            wall_time=self.elapsed(), extra=self.extra, rng=rng_states(self.generators),
+            events=self.log.position()))
+
+    def end_epoch(self, record, accuracy, best_fields=None, strict=False):
+        """Close the epoch: log ``record`` (a dict of scalars, TensorBoard step = epochs done),
+        keep the best model when ``accuracy`` is at least the best so far (``best_fields`` go
+        into ``best_model.pt`` and ``best``), add the epoch to metrics.csv, then write
+        ``last.pt``. Returns whether it was a new best. ``strict``: only a strictly higher
+        accuracy is a new best (pixel MNIST's rule; the copying task keeps the first, at-least
+        rule)."""
+        done = self.epoch + 1
+        for tag, value in record.items():
+            self.log.scalar(tag, value, done)
+        best = self.best["accuracy"]
+        improved = best is None or (accuracy > best if strict else accuracy >= best)
+        if improved:
+            self.best = dict(best_fields or {}, accuracy=accuracy, epoch=done)
+            save_checkpoint(os.path.join(self.folder, "best_model.pt"), dict(
+                self.checkpoint_fields(), kind="best", **self.best))
+        self.history.append(dict(record, epoch=done, iteration=self.iteration,
+                                 elapsed_s=round(self.elapsed(), 1)))
+        self.epoch, self.epoch_iteration, self.epoch_loss_sum = done, 0, 0.0
+        write_metrics(self.folder, self.history)
+        self.save_last()
+        return improved
+
+    def step(self, loss, stop):
+        """One optimiser step on the batch ``loss``, as the authors' scripts take it: stop on a
+        non-finite loss, backward, clip (``args.clip`` <= 0: no clipping), Adam; then count,
+        log ``train/loss`` and write ``last.pt`` when ``--checkpoint-every`` says so or a stop
+        signal came. Returns the loss value."""
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            message = (f"training loss became {loss_value} at epoch {self.epoch + 1}, iteration "
+                       f"{self.iteration + 1}; the run is stopped and last.pt holds the last "
+                       "good state (try a lower --lr or gradient clipping)")
+            self.set_state("failed", message)
+            raise RunStopped(message)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.args.clip)
+        self.optimizer.step()
+        self.iteration += 1
+        self.epoch_iteration += 1
+        self.epoch_loss_sum += loss_value
+        self.log.scalar("train/loss", loss_value, self.iteration)
+        every = self.args.checkpoint_every
+        if stop.requested or (every and self.iteration % every == 0):
+            self.save_last()
+        return loss_value
+
+    def stop(self, signame, command):
+        """After a stop signal (last.pt already saved by ``step``): record it and say how to
+        resume."""
+        self.set_state("stopped", f"{signame} at epoch {self.epoch + 1}, iteration "
+                                  f"{self.iteration}")
+        self.log.close()
+        return (f"{signame} received: stopped at epoch {self.epoch + 1}, iteration "
+                f"{self.iteration}; last.pt saved in {self.folder}. Resume with:\n"
+                f"  {command} --save-dir {self.folder} --resume")
+
+    def pause(self, command):
+        """Reached ``--until-epoch`` before the planned end: last.pt is saved at the epoch's end,
+        so resuming trains the remaining epochs exactly as one uninterrupted run would."""
+        self.set_state("paused", f"--until-epoch {self.epoch}")
+        self.log.close()
+        return (f"paused at epoch {self.epoch} of {self.args.n_epochs} (--until-epoch); last.pt "
+                f"saved in {self.folder}. Continue with:\n"
+                f"  {command} --save-dir {self.folder} --resume")
+
+    def finish(self, results):
+        """Write ``results.json`` (with final epoch and wall time) and close the log."""
+        results = dict(results, final_epoch=self.epoch, wall_time_s=round(self.elapsed(), 1))
+        write_json(os.path.join(self.folder, "results.json"), results)
+        self.set_state("done")
+        self.log.close()
+        return results
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+class RunFolder:
+    """A run folder as the tools that read runs see it (``sweep.py``, ``report.py``): its
+    config, metrics, results and state, without loading a checkpoint or taking the lock."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def _json(self, name):
+        path = os.path.join(self.path, name)
+        if not os.path.isfile(path):
+            return None
+        try:
+            return read_json(path)
+        except (OSError, ValueError) as err:
+            raise DamagedFile(f"{path}: not readable JSON ({err})") from None
+
+    def has(self, name):
+        return os.path.isfile(os.path.join(self.path, name))
+
+    def config(self):
+        return self._json("config.json")
+
+    def results(self):
+        return self._json("results.json")
+
+    def transfer(self):
+        return self._json("transfer.json")
+
+    def state_file(self):
+        return self._json("state.json")
+
+    def metrics(self):
+        path = os.path.join(self.path, "metrics.csv")
+        return read_metrics(path) if os.path.isfile(path) else []
+
+    def holder_pid(self):
+        return holder_pid(self.path)
+
+    def status(self):
+        """A dict: ``state`` (one of not started, running, paused, stopped, interrupted,
+        failed, done), ``epochs`` done, ``planned`` epochs, ``best_valid`` accuracy so far
+        (None before the first epoch) and ``message``."""
+        config = self.config() if self.has("config.json") else None
+        planned = (config or {}).get("args", {}).get("n_epochs")
+        rows = self.metrics()
+        epochs = rows[-1]["epoch"] if rows else 0
+        accuracies = [row["valid_accuracy"] for row in rows
+                      if row["valid_accuracy"] is not None]
+        info = {"epochs": epochs, "planned": planned,
+                "best_valid": max(accuracies) if accuracies else None, "message": None}
+        saved = self.state_file() or {}
+        pid = self.holder_pid()
+        if pid is not None:
+            state = "running"
+            info["message"] = f"pid {pid}" if pid > 0 else None
+        elif self.has("results.json"):
+            state = "done"
+        elif saved.get("state") == "failed":
+            state = "failed"
+            info["message"] = saved.get("message")
+        elif self.has("last.pt"):
+            # A process that died without saying so (kill -9, a crash, a power cut) left
+            # state.json at "running": its last.pt is from the last checkpoint.
+            state = saved.get("state") if saved.get("state") in ("paused", "stopped") \
+                else "interrupted"
+            info["message"] = saved.get("message")
+        elif config is not None:
+            state = "interrupted"
+            info["message"] = "no checkpoint yet"
+        else:
+            state = "not started"
+        info["state"] = state
+        return info
