@@ -6,14 +6,19 @@ h_{t-1} is cut from the backward graph. Forward values are those of a plain LSTM
 gradient changes: the recurrent h path through step t is removed, while the c path and the
 gradient h_{t-1} receives from its own readout still flow. p <= 0 is plain BPTT.
 
+c-detach (``detach="c"``, the paper's ablation) uses the same draws and the same rule but cuts
+the incoming cell state c_{t-1} instead: the c path through step t is removed, while the h path
+and the gradient c_{t-1} receives through h_{t-1} = o tanh(c_{t-1}) still flow.
+
 Two implementations of the same layer, selected with ``impl``:
 
-- ``"reference"``: a per-step Python loop of an autograd cell that calls ``h.detach()`` on the
-  drawn steps, written the way the authors' scripts are. It is the ground truth of the tests.
+- ``"reference"``: a per-step Python loop of an autograd cell that calls ``h.detach()`` (or
+  ``c.detach()``) on the drawn steps, written the way the authors' scripts are. It is the ground
+  truth of the tests.
 - ``"fast"`` (default): a custom autograd Function (``_FastLSTMFunction``) with a hand-written
   backward. Per step the forward is one matmul (input, recurrent and bias terms at once) and six
   elementwise ops; the backward is two elementwise ops, the weight-gradient matmul and, unless the
-  step is cut, the recurrent ``dh`` matmul; everything else is done for many steps at once.
+  step's h is cut, the recurrent ``dh`` matmul; everything else is done for many steps at once.
   Exact: the same values and gradients as the reference up to rounding (tests/test_model.py).
   Its ``out`` is a (T, B, H) view of a (T, H, B) buffer (not contiguous; ``.contiguous()`` it
   if needed); ``HDetachNet`` reads it out in that layout.
@@ -29,10 +34,12 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 IMPLS = ("fast", "reference")
+DETACHES = ("h", "c")  # the state a drawn step cuts: h-detach, or the c-detach ablation
 
 
 def draw_detach_mask(steps, p, generator=None):
-    """The h-detach draws for one sequence: a list of ``steps`` booleans, True = cut h_{t-1}.
+    """The detach draws for one sequence: a list of ``steps`` booleans, True = cut the incoming
+    state (h_{t-1}, or c_{t-1} for c-detach).
 
     One uniform draw per step for the whole batch, ``u <= p`` blocks (the protocol's rule).
     ``p <= 0`` draws nothing and returns None (plain BPTT), so vanilla runs leave the draw
@@ -46,12 +53,15 @@ def draw_detach_mask(steps, p, generator=None):
     return (u <= p).tolist()
 
 
-def _reference_lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, mask):
+def _reference_lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, mask, detach="h"):
     """Per-step loop with an autograd cell, as in the authors' scripts."""
     outputs = []
     for t in range(x.shape[0]):
         if mask is not None and mask[t]:
-            h = h.detach()
+            if detach == "h":
+                h = h.detach()
+            else:  # the reproduction fork's c-detach: c.detach() in place of h.detach()
+                c = c.detach()
         gates = x[t] @ w_ih.t() + b_ih + h @ w_hh.t() + b_hh
         i, f, g, o = gates.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -232,13 +242,15 @@ class _FastLSTMFunction(torch.autograd.Function):
     """Whole-sequence LSTM with a hand-written backward (see ``_fast_forward`` and below)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, mask, pool):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, hmask, cmask, pool):
+        """``hmask`` / ``cmask``: the steps whose incoming h / c is cut (None: none)."""
         ctx.set_materialize_grads(False)
         z, cn, chunks = _fast_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep=True, pool=pool)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         # z is kept on ctx rather than saved: its only handles outside are the outputs, views
         # that autograd refuses to modify in place (tests/test_model.py checks it).
-        ctx.z, ctx.chunks, ctx.mask, ctx.pool = z, chunks, mask, pool
+        ctx.z, ctx.chunks, ctx.pool = z, chunks, pool
+        ctx.hmask, ctx.cmask = hmask, cmask
         return _fast_outputs(z, cn, w_hh.shape[1])
 
     @staticmethod
@@ -253,12 +265,14 @@ class _FastLSTMFunction(torch.autograd.Function):
         With dc' = dc / 4 and e' = f dc' (the gradient that reaches c_{t-1}), a step is then
             [dc', u_o] = [e'_{t+1}, 0] + dh * [k, fo]         (one addcmul)
             [u_i, u_f, u_g, e'] = dc' * [F_i, F_f, F_g, f]    (one mul)
-            dW += u z_t^T;   dh_{t-1} = grad_out_{t-1} + (s W_hh)^T u  (skipped on a cut step)
+            dW += u z_t^T;   dh_{t-1} = grad_out_{t-1} + (s W_hh)^T u  (skipped if h_{t-1} is cut)
         where u = da / s, s = _BWD_SCALE per gate, so each gradient wrt the pre-activations a
-        is s * u (a_g the unscaled one).
+        is s * u (a_g the unscaled one). c-detach is the reverse: on a step whose c_{t-1} is
+        cut the factor f is 0, so e' = 0, and the dh matmul is done; the per-step ops stay the
+        same, so it costs what plain BPTT costs.
         """
         x, h0, c0, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
-        z, chunks, mask = ctx.z, ctx.chunks, ctx.mask
+        z, chunks, mask, cmask = ctx.z, ctx.chunks, ctx.hmask, ctx.cmask
         pooled = chunks is not None
         if not pooled:  # run again (retain_graph): the buffers went back to the pool
             z, _, chunks = _fast_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep=True,
@@ -274,6 +288,8 @@ class _FastLSTMFunction(torch.autograd.Function):
         grad_w = x.new_zeros(4 * H, width)
         grad_x = x.new_empty(steps, batch, inputs) if need[0] else None
         sub = _sub_steps(batch, H, steps, x.element_size())
+        # (T, 1, 1): broadcast over a sub-chunk's f factors (H, B) to zero those of cut steps
+        ccut = torch.tensor(cmask, device=x.device).view(-1, 1, 1) if cmask else None
         fac = x.new_empty(sub, 6, H, batch)       # [k, fo, F_i, F_f, F_g, f]
         dg = x.new_zeros(2, 7, H, batch)          # [dc', u_o, u_i, u_f, u_g, e', 0], by parity
         fac2, fac4 = fac[:, 0:2].unbind(0), fac[:, 2:6].unbind(0)
@@ -318,6 +334,8 @@ class _FastLSTMFunction(torch.autograd.Function):
                 fv[:, 3].mul_(cs[s0:s0 + m])                             # F_f
                 fv[:, 4].mul_(gv[:, 1])                                  # F_g
                 fv[:, 5].copy_(gv[:, 2])                                 # f
+                if ccut is not None and any(cmask[t0:t0 + m]):
+                    fv[:, 5].masked_fill_(ccut[t0:t0 + m], 0)        # c-detach: e' = 0
                 if go_buf is not None:
                     if t0 > 0:
                         go_buf[:m].copy_(go_t[t0 - 1:t0 + m - 1])
@@ -357,11 +375,11 @@ class _FastLSTMFunction(torch.autograd.Function):
         grad_w_ih = _from_ofig(grad_w[:, H:H + inputs], H) if need[3] else None
         grad_w_hh = _from_ofig(grad_w[:, :H], H) if need[4] else None
         grad_b = _from_ofig(grad_w[:, H + inputs], H) if need[5] or need[6] else None
-        return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b, grad_b, None, None
+        return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b, grad_b, None, None, None
 
 
 class HDetachLSTM(nn.Module):
-    """A single-layer LSTM over whole sequences with h-detach in its backward pass.
+    """A single-layer LSTM over whole sequences with h-detach (or c-detach) in its backward pass.
 
     Parameters follow ``torch.nn.LSTM`` exactly (gate order i, f, g, o; ``weight_ih`` (4H, I),
     ``weight_hh`` (4H, H), ``bias_ih`` and ``bias_hh`` (4H,); uniform(-1/sqrt(H), 1/sqrt(H))
@@ -371,14 +389,18 @@ class HDetachLSTM(nn.Module):
     optional initial ``(h, c)``, each (B, H), zero when omitted. It returns all hidden states
     (T, B, H; with ``impl="fast"`` a non-contiguous view) and the final ``(h, c)``. The h-detach
     draws (see ``draw_detach_mask``) are made only when ``p > 0`` and autograd is recording, so
-    evaluation under ``torch.no_grad()`` neither changes nor consumes them.
+    evaluation under ``torch.no_grad()`` neither changes nor consumes them. ``detach`` says
+    which incoming state a drawn step cuts: ``"h"`` (h-detach) or ``"c"`` (c-detach).
     """
 
-    def __init__(self, input_size, hidden_size, impl="fast"):
+    def __init__(self, input_size, hidden_size, impl="fast", detach="h"):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, not {impl!r}")
+        if detach not in DETACHES:
+            raise ValueError(f"detach must be one of {DETACHES}, not {detach!r}")
         self.input_size, self.hidden_size, self.impl = input_size, hidden_size, impl
+        self.detach = detach
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
         self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
@@ -400,28 +422,31 @@ class HDetachLSTM(nn.Module):
         mask = draw_detach_mask(steps, p, generator) if torch.is_grad_enabled() else None
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         if self.impl == "reference":
-            out, h, c = _reference_lstm(x, h0, c0, *weights, mask)
+            out, h, c = _reference_lstm(x, h0, c0, *weights, mask, self.detach)
         elif torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, c0, *weights)):
-            out, h, c = _FastLSTMFunction.apply(x, h0, c0, *weights, mask, self.pool)
+            hmask, cmask = (mask, None) if self.detach == "h" else (None, mask)
+            out, h, c = _FastLSTMFunction.apply(x, h0, c0, *weights, hmask, cmask, self.pool)
         else:
             z, cn, _ = _fast_forward(x, h0, c0, *weights, keep=False)
             out, h, c = _fast_outputs(z, cn, self.hidden_size)
         return out, (h, c)
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}, impl={self.impl!r}"
+        return (f"{self.input_size}, {self.hidden_size}, impl={self.impl!r}, "
+                f"detach={self.detach!r}")
 
 
 class HDetachNet(nn.Module):
     """The network every task uses: an ``HDetachLSTM`` and a linear readout (H -> classes).
+    ``impl`` and ``detach`` are the LSTM's.
 
     ``forward(x, p=0.0, generator=None, last_only=False)`` returns logits (T, B, classes), or
     (B, classes) for the last step only (pixel MNIST reads out the last step alone).
     """
 
-    def __init__(self, input_size, hidden_size, num_classes, impl="fast"):
+    def __init__(self, input_size, hidden_size, num_classes, impl="fast", detach="h"):
         super().__init__()
-        self.lstm = HDetachLSTM(input_size, hidden_size, impl=impl)
+        self.lstm = HDetachLSTM(input_size, hidden_size, impl=impl, detach=detach)
         self.readout = nn.Linear(hidden_size, num_classes)
 
     def forward(self, x, p=0.0, generator=None, last_only=False):

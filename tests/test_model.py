@@ -1,4 +1,4 @@
-"""Tests of model.py: nn.LSTM parity, h-detach semantics, fast == reference, draws, init."""
+"""Tests of model.py: nn.LSTM parity, h- and c-detach semantics, fast == reference, draws, init."""
 import math
 
 import pytest
@@ -11,12 +11,14 @@ from model import HDetachLSTM, HDetachNet, draw_detach_mask
 T, B, I, H = 23, 3, 2, 5  # T is not a multiple of the chunk sizes the tests force
 
 
-def manual_lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, cut):
-    """A plain per-step LSTM loop that detaches h_{t-1} on the steps where ``cut[t]``."""
+def manual_lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, cut, detach="h"):
+    """A plain per-step LSTM loop that detaches h_{t-1} (or c_{t-1}) where ``cut[t]``."""
     outs = []
     for t in range(x.shape[0]):
-        if cut[t]:
+        if cut[t] and detach == "h":
             h = h.detach()
+        elif cut[t]:
+            c = c.detach()
         i, f, g, o = (x[t] @ w_ih.t() + b_ih + h @ w_hh.t() + b_hh).chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
@@ -32,9 +34,9 @@ def make_inputs(dtype=torch.float64, seed=0, steps=T):
     return x, h0, c0
 
 
-def make_lstm(impl, dtype=torch.float64, seed=1):
+def make_lstm(impl, dtype=torch.float64, seed=1, detach="h"):
     torch.manual_seed(seed)
-    lstm = HDetachLSTM(I, H, impl=impl).to(dtype)
+    lstm = HDetachLSTM(I, H, impl=impl, detach=detach).to(dtype)
     with torch.no_grad():  # larger weights than the init, so that gates saturate somewhat
         for p in lstm.parameters():
             p.mul_(2.0)
@@ -91,6 +93,10 @@ def test_parameters_follow_nn_lstm_and_init_range():
     assert set(model.IMPLS) == {"fast", "reference"}
     with pytest.raises(ValueError):
         HDetachLSTM(3, 4, impl="nope")
+    assert net.lstm.detach == "h" and HDetachNet(3, 4, 2, detach="c").lstm.detach == "c"
+    assert set(model.DETACHES) == {"h", "c"}
+    with pytest.raises(ValueError, match="detach"):
+        HDetachLSTM(3, 4, detach="hc")
 
 
 # --- parity with torch.nn.LSTM (plain BPTT) -------------------------------------------------
@@ -176,6 +182,78 @@ def test_readout_gradient_of_a_cut_h_still_flows():
     assert g[T // 2 + 1:].abs().max() == 0
 
 
+# --- c-detach semantics ---------------------------------------------------------------------
+
+# seed 3 cuts the first and the last step at p = 0.25, seed 2 neither
+@pytest.mark.parametrize("impl", model.IMPLS)
+@pytest.mark.parametrize("p,seed", [(0.25, 3), (0.25, 2), (1.0, 3)])
+@pytest.mark.parametrize("last_only", [False, True])
+def test_cdetach_matches_a_loop_that_detaches_c_on_the_drawn_steps(impl, p, seed, last_only):
+    lstm = make_lstm(impl, detach="c")
+    x, h0, c0 = make_inputs()
+    gen = torch.Generator().manual_seed(seed)
+    cut = draw_detach_mask(T, p, torch.Generator().manual_seed(seed))
+    assert 0 < sum(cut) <= T and (p < 1 or all(cut))
+    assert cut[0] == cut[-1] == (seed == 3)
+    outs, grads = run(lstm, x, h0, c0, p=p, last_only=last_only, generator=gen)
+    drawn = torch.Generator().manual_seed(seed)
+    draw_detach_mask(T, p, drawn)
+    assert torch.equal(gen.get_state(), drawn.get_state())  # the same draws as h-detach
+
+    xm, h0m, c0m = (t.clone().requires_grad_() for t in (x, h0, c0))
+    params = [q.detach().clone().requires_grad_() for q in lstm.parameters()]
+    out, h, c = manual_lstm(xm, h0m, c0m, *params, cut, detach="c")
+    w_out, w_h, w_c = loss_weights(torch.float64)
+    loss = (h * w_h).sum() + (c * w_c).sum()
+    if not last_only:
+        loss = loss + (out * w_out).sum()
+    loss.backward()
+    zero = torch.zeros_like
+    expected = [t.grad if t.grad is not None else zero(t) for t in (xm, h0m, c0m)] + [
+        q.grad for q in params]
+    assert_close(outs, [out.detach(), h.detach(), c.detach()], 1e-12)
+    assert_close(grads, expected, 1e-10)
+    # c-detach changed the gradient, and not into h-detach's (the test tells all three apart)
+    _, plain = run(lstm, x, h0, c0, p=0.0, last_only=last_only)
+    _, hcut = run(make_lstm(impl), x, h0, c0, p=p, seed=seed, last_only=last_only)
+    for other in (plain, hcut):
+        assert (grads[4] - other[4]).norm() > 1e-3 * other[4].norm()
+
+
+@pytest.mark.parametrize("impl", model.IMPLS)
+def test_cdetach_p1_leaves_only_the_h_path(impl):
+    """Loss on the last output only: c0 reaches it only through c_0 -> c_1, cut at step 1, so
+    its gradient is exactly zero; h0 and W_hh reach it through the h path, which is whole.
+    (6 steps: over 23 the h path alone lets d h_T / d h0 vanish to ~1e-13, the paper's point.)"""
+    lstm = make_lstm(impl, detach="c")
+    x, h0, c0 = make_inputs(steps=6)
+    x, h0, c0 = (t.clone().requires_grad_() for t in (x, h0, c0))
+    out, _ = lstm(x, (h0, c0), p=1.0, generator=torch.Generator().manual_seed(0))
+    gx, gh0, gc0, gw_hh = torch.autograd.grad(out[-1].sum(), (x, h0, c0, lstm.weight_hh),
+                                              allow_unused=True)
+    assert gc0 is None or gc0.abs().max() == 0
+    assert gh0.abs().max() > 1e-4 and gx[0].abs().max() > 1e-4 and gw_hh.abs().max() > 1e-2
+    # h-detach at p = 1 is the mirror image: c0 gets a gradient, h0 none
+    hcut = make_lstm(impl)
+    out_h, _ = hcut(x, (h0, c0), p=1.0, generator=torch.Generator().manual_seed(0))
+    gh0_h, gc0_h = torch.autograd.grad(out_h[-1].sum(), (h0, c0), allow_unused=True)
+    assert gc0_h.abs().max() > 1e-12 and (gh0_h is None or gh0_h.abs().max() == 0)
+    # the forward is a plain LSTM's whatever is detached
+    assert_close([out.detach()], [out_h.detach()], 1e-12)
+
+
+def test_cdetach_cut_c_still_gets_gradient_through_h():
+    """A cut c_{t-1} is removed from step t only: the readout of h_{t-1} = o tanh(c_{t-1})
+    still sends gradient into it, so a loss on one output reaches every earlier input."""
+    lstm = make_lstm("fast", detach="c")
+    x, h0, c0 = make_inputs()
+    x = x.clone().requires_grad_()
+    out, _ = lstm(x, (h0, c0), p=1.0, generator=torch.Generator().manual_seed(0))
+    (g,) = torch.autograd.grad(out[T // 2].sum(), (x,))
+    assert all(g[t].abs().max() > 0 for t in range(T // 2 + 1))
+    assert g[T // 2 + 1:].abs().max() == 0
+
+
 # --- draws ----------------------------------------------------------------------------------
 
 def test_draws_are_seeded_and_one_per_step():
@@ -232,15 +310,16 @@ CHUNKINGS = [(5, 2), (4, 4), (1, 1), (T, 3)]  # (steps per chunk, steps per back
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("p", [0.0, 0.25, 1.0])
 @pytest.mark.parametrize("last_only", [False, True])
-def test_fast_matches_reference(monkeypatch, chunk, sub, dtype, rtol, p, last_only):
+@pytest.mark.parametrize("detach", model.DETACHES)
+def test_fast_matches_reference(monkeypatch, chunk, sub, dtype, rtol, p, last_only, detach):
     monkeypatch.setattr(model, "_chunk_steps", lambda *args: chunk)
     monkeypatch.setattr(model, "_sub_steps", lambda *args: sub)
     x, h0, c0 = make_inputs(dtype)
     results, states = [], []
     for impl in ("reference", "fast"):
         gen = torch.Generator().manual_seed(3)
-        results.append(run(make_lstm(impl, dtype), x, h0, c0, p=p, last_only=last_only,
-                           generator=gen))
+        results.append(run(make_lstm(impl, dtype, detach=detach), x, h0, c0, p=p,
+                           last_only=last_only, generator=gen))
         states.append(gen.get_state())
     (ref_out, ref_grads), (fast_out, fast_grads) = results
     assert_close(fast_out, ref_out, rtol)
@@ -292,7 +371,8 @@ def test_fast_inference_path_matches_reference():
 
 @pytest.mark.parametrize("chunk,sub", [(5, 2), (T, T)])
 @pytest.mark.parametrize("last_only", [False, True])
-def test_net_fast_matches_reference(monkeypatch, chunk, sub, last_only):
+@pytest.mark.parametrize("detach", model.DETACHES)
+def test_net_fast_matches_reference(monkeypatch, chunk, sub, last_only, detach):
     """The net reads the fast path's outputs in its (T, H, B) layout; its gradient goes back
     in that layout, which the backward uses without copies."""
     monkeypatch.setattr(model, "_chunk_steps", lambda *args: chunk)
@@ -301,7 +381,7 @@ def test_net_fast_matches_reference(monkeypatch, chunk, sub, last_only):
     results = []
     for impl in ("reference", "fast"):
         torch.manual_seed(0)
-        net = HDetachNet(I, H, 4, impl=impl).double()
+        net = HDetachNet(I, H, 4, impl=impl, detach=detach).double()
         logits = net(x, p=0.5, generator=torch.Generator().manual_seed(9), last_only=last_only)
         logits.pow(2).sum().backward()
         assert logits.shape == ((B, 4) if last_only else (T, B, 4))
@@ -311,11 +391,12 @@ def test_net_fast_matches_reference(monkeypatch, chunk, sub, last_only):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("p", [0.0, 0.25])
-def test_fast_matches_reference_on_cuda(p):
+@pytest.mark.parametrize("detach", model.DETACHES)
+def test_fast_matches_reference_on_cuda(p, detach):
     x, h0, c0 = (t.cuda() for t in make_inputs())
     results = []
     for impl in ("reference", "fast"):
-        results.append(run(make_lstm(impl).cuda(), x, h0, c0, p=p))
+        results.append(run(make_lstm(impl, detach=detach).cuda(), x, h0, c0, p=p))
     assert_close(results[1][0], results[0][0], 1e-10)
     assert_close(results[1][1], results[0][1], 1e-10)
 
