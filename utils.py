@@ -52,8 +52,11 @@ class ArgParser(argparse.ArgumentParser):
     def flag(self, name, *aliases, **kwargs):
         names = [name]
         for spelling in (name, *aliases):
-            for variant in (spelling, "--" + spelling[2:].replace("-", "_"),
-                            "--" + spelling[2:].replace("_", "-")):
+            variants = [spelling]
+            if spelling.startswith("--"):  # short options (-j) have no twins
+                variants += ["--" + spelling[2:].replace("-", "_"),
+                             "--" + spelling[2:].replace("_", "-")]
+            for variant in variants:
                 if variant not in names:
                     names.append(variant)
         kwargs.setdefault("dest", name[2:].replace("-", "_"))
@@ -111,7 +114,11 @@ def detach_probability(text):
 def add_run_flags(parser, seed, lr, epochs, anneal_p):
     """The flags every training script has, with the task's original defaults."""
     parser.flag("--p-detach", type=detach_probability, default=-1.0,
-                help="probability of blocking h at each step; <= 0 is plain BPTT (default -1)")
+                help="probability of blocking the --detach state at each step; <= 0 is plain "
+                     "BPTT (default -1)")
+    parser.flag("--detach", choices=("h", "c"), default="h",
+                help="the state a drawn step cuts from the backward pass: h (h-detach, the "
+                     "method) or c (c-detach, the paper's ablation) (default h)")
     parser.flag("--save-dir", required=True, help="the run folder to create (or resume)")
     parser.flag("--seed", type=seed_value, default=seed, help=f"random seed (default {seed})")
     parser.flag("--lr", type=positive_float, default=lr, help=f"Adam learning rate (default {lr})")
@@ -209,9 +216,9 @@ def warn_if_annealing_dominates(args, stream=None):
     off = epochs_without_detach(args.n_epochs, args.anneal_p)
     if 2 * off <= args.n_epochs:
         return False
-    print(f"warning: h-detach (--p-detach {args.p_detach}) is off for {off} of the "
-          f"{args.n_epochs} epochs, since --anneal-p {args.anneal_p} switches it off for every "
-          f"epoch e > n_epochs - anneal_p; lower --anneal-p to detach for longer",
+    print(f"warning: {getattr(args, 'detach', 'h')}-detach (--p-detach {args.p_detach}) is off "
+          f"for {off} of the {args.n_epochs} epochs, since --anneal-p {args.anneal_p} switches "
+          "it off for every epoch e > n_epochs - anneal_p; lower --anneal-p to detach for longer",
           file=stream or sys.stderr, flush=True)
     return True
 

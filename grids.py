@@ -1,0 +1,154 @@
+"""The paper's experiment grids, as data: each grid is a list of runs with stable names.
+
+A run's name is also its folder under a sweep's ``--root`` (``copying/T100_p0.25_s3``). A
+transfer run (``copying/T100_p0.25_s3:transfer``) evaluates the best model of the training run
+it names, and writes ``transfer.json`` into that run's folder; it runs once that training run
+is done or paused at ``--until-epoch``.
+
+To add a grid, write a function that returns a ``Grid`` and add it to ``GRIDS``.
+"""
+from dataclasses import dataclass
+
+# The paper's transfer delays (trained at T = 100).
+TRANSFER_DELAYS = (200, 400, 500, 1000, 2000, 5000)
+COPYING_SEEDS = (3, 1, 2, 4, 5)          # 3: the authors' README seed
+MNIST_SEEDS = (250, 150, 400, 1, 2)      # 250 / 150: the authors' README; 400: the reproduction
+
+
+@dataclass(frozen=True)
+class Run:
+    """One command of a grid: ``script`` with ``args`` (without ``--save-dir``)."""
+    name: str
+    script: str
+    args: tuple
+    model: str = None  # transfer runs: the name of the training run whose model they test
+
+    @property
+    def is_transfer(self):
+        return self.model is not None
+
+    @property
+    def folder(self):
+        """The run folder, relative to the sweep's root."""
+        return self.model if self.is_transfer else self.name
+
+    @property
+    def log_name(self):
+        return "transfer.log" if self.is_transfer else "train.log"
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    description: str
+    runs: tuple
+    until_epoch: int = None  # the default --until-epoch of its training runs
+
+
+def _label(p, detach="h"):
+    if p <= 0:
+        return "vanilla"
+    return f"{'p' if detach == 'h' else 'c'}{p:g}"
+
+
+def _flags(**flags):
+    args = []
+    for key, value in flags.items():
+        if value is None or value is False:
+            continue
+        args.append("--" + key.replace("_", "-"))
+        if value is not True:
+            args.append(str(value))
+    return tuple(args)
+
+
+def copying_run(prefix, T, p, seed, detach="h", **extra):
+    name = f"{prefix}/T{T}_{_label(p, detach)}_s{seed}"
+    return Run(name, "copying.py", _flags(
+        T=T, p_detach=p if p > 0 else None, detach=detach if detach != "h" else None,
+        seed=seed, **extra))
+
+
+def transfer_run(model, delays=TRANSFER_DELAYS, **extra):
+    return Run(f"{model.name}:transfer", "transfer_copy.py",
+               ("--T", *map(str, delays)) + _flags(**extra), model=model.name)
+
+
+def mnist_run(prefix, p, seed, permute=False, detach="h", **extra):
+    name = f"{prefix}/{_label(p, detach)}_s{seed}"
+    return Run(name, "pixelmnist.py", _flags(
+        p_detach=p if p > 0 else None, detach=detach if detach != "h" else None,
+        permute=permute, seed=seed, **extra))
+
+
+def paper_copying():
+    runs = tuple(copying_run("copying", T, p, seed)
+                 for T in (100, 300) for p in (-1, 0.25, 0.5) for seed in COPYING_SEEDS)
+    return Grid("paper-copying", "copying T = 100 and 300; vanilla, p = 0.25, 0.5; 5 seeds "
+                "(600 epochs each)", runs)
+
+
+def paper_transfer():
+    models = [run for run in paper_copying().runs if "/T100_" in run.name]
+    return Grid("paper-transfer", "transfer copying of every T = 100 model of paper-copying "
+                "at T' = 200 .. 5000", tuple(transfer_run(model) for model in models))
+
+
+def paper_mnist():
+    runs = tuple(mnist_run("pmnist" if permute else "mnist", p, seed, permute=permute)
+                 for permute in (False, True) for p in (-1, 0.25) for seed in MNIST_SEEDS)
+    return Grid("paper-mnist", "pixel and permuted MNIST; vanilla and p = 0.25; 5 seeds "
+                "(200 epochs each)", runs)
+
+
+def paper_ablations():
+    runs = [copying_run("ablations", 100, 0.25, seed, detach="c") for seed in (3, 1, 2)]
+    runs += [mnist_run("ablations/mnist", 0.25, seed, detach="c") for seed in (400, 1, 2)]
+    for lr in ("5e-4", "1e-4"):
+        for p in (-1, 0.25):
+            for seed in (400, 1, 2):
+                run = mnist_run(f"ablations/mnist_noclip_lr{lr}", p, seed, lr=lr, clip=0)
+                runs.append(run)
+    return Grid("paper-ablations", "c-detach (copying T = 100, pixel MNIST) and training "
+                "without clipping (pixel MNIST, lr 5e-4 and 1e-4)", tuple(runs))
+
+
+def paper():
+    runs = (paper_copying().runs + paper_transfer().runs + paper_mnist().runs
+            + paper_ablations().runs)
+    return Grid("paper", "every grid of the paper: paper-copying, paper-transfer, paper-mnist, "
+                "paper-ablations", runs)
+
+
+def campaign_copying():
+    """The copying campaign measured on this kit's CPU machine (results/): the full protocol,
+    seed 3, taken to epoch 200 of 600 in stages, then transfer-tested."""
+    models = [copying_run("copying", 100, p, 3, n_epochs=600, anneal_p=40, device="cpu")
+              for p in (-1, 0.25, 0.5)]
+    return Grid("campaign-copying", "copying T = 100, vanilla / p = 0.25 / p = 0.5, seed 3, "
+                "on CPU, to epoch 200 of 600, then transfer", tuple(
+                    models + [transfer_run(model, device="cpu") for model in models]),
+                until_epoch=200)
+
+
+def smoke():
+    """Tiny copying runs (about a minute on a CPU) for trying the tools; its annealing leaves
+    h-detach on for 3 of the 4 epochs, so its h-detach runs do detach."""
+    tiny = dict(train_size=400, test_size=100, batch_size=20, lstm_size=16, n_epochs=4,
+                anneal_p=2)
+    models = [copying_run("copying", 10, p, 3, **tiny) for p in (-1, 0.25, 0.5)]
+    return Grid("smoke", "tiny copying runs (T = 10, 4 epochs) and their transfer at T' = 20 "
+                "and 40", tuple(models + [transfer_run(model, delays=(20, 40), test_size=100)
+                                          for model in models]))
+
+
+GRIDS = {"paper-copying": paper_copying, "paper-transfer": paper_transfer,
+         "paper-mnist": paper_mnist, "paper-ablations": paper_ablations, "paper": paper,
+         "campaign-copying": campaign_copying, "smoke": smoke}
+
+
+def get_grid(name):
+    """The grid called ``name``; a ``KeyError`` naming the known grids otherwise."""
+    if name not in GRIDS:
+        raise KeyError(f"unknown grid {name!r}; known grids: {', '.join(GRIDS)}")
+    return GRIDS[name]()

@@ -1,0 +1,651 @@
+"""Run the paper's grids: on this machine, N runs at a time, or as one SLURM job array.
+
+    python sweep.py list   GRID [--root runs]                 # one command per line, nothing run
+    python sweep.py run    GRID [--root runs] [--jobs N] [--time-limit 2h30m]
+    python sweep.py status GRID [--root runs]
+    python sweep.py slurm  GRID --root DIR [--partition P] [--time HH:MM:SS] [--dry-run] ...
+
+The grids are in grids.py (``python sweep.py list`` without a grid names them). Each run lives
+in ``ROOT/NAME``: a run whose folder holds results.json is done and skipped, one holding last.pt
+is continued with --resume, the others start. Stopping is always clean: at --time-limit, on
+Ctrl-C or SIGTERM every run gets SIGTERM, saves its last.pt and stops; the same command later
+continues every run exactly where it stopped.
+"""
+import argparse
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+from tqdm import tqdm
+
+from grids import GRIDS, get_grid
+from runfolder import DamagedFile, RunFolder, atomic_write, file_sha256
+from utils import ArgParser, UsageError, non_negative_int, positive_int, report_errors
+
+KIT_DIR = os.path.dirname(os.path.abspath(__file__))
+SLURM_DIR = ".slurm"
+# The SIGTERM a scheduler sends before its kill: how far ahead SLURM is asked to send it. A
+# copying epoch ends within seconds of the signal (the run saves at the next iteration); an
+# MNIST iteration takes well under a second on a GPU.
+SLURM_SIGNAL_LEAD_S = 120
+
+
+# ----------------------------------------------------------------------------- flags
+
+def time_limit(text):
+    """``2h30m``, ``90m``, ``45s``, ``1h``, ``1d2h`` or plain seconds -> seconds (> 0)."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        parts = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+        if not parts or not any(parts.groups()):
+            raise argparse.ArgumentTypeError(
+                f"expected a duration such as 2h30m, 90m, 45s or seconds, got {text!r}")
+        d, h, m, s = (int(x or 0) for x in parts.groups())
+        seconds = ((d * 24 + h) * 60 + m) * 60 + s
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+    return seconds
+
+
+def slurm_time(text):
+    if not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", text.strip()):
+        raise argparse.ArgumentTypeError(f"expected HH:MM:SS or D-HH:MM:SS, got {text!r}")
+    return text.strip()
+
+
+def build_parser():
+    parser = ArgParser(prog="sweep.py", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    def command(name, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("grid", metavar="GRID", help=f"one of: {', '.join(GRIDS)}")
+        sub.flag("--root", default="runs", help="where the run folders go (default runs)")
+        return sub
+
+    listing = command("list", "print one full command per unfinished run, nothing run")
+    listing.flag("--until-epoch", type=positive_int, default=None, metavar="E",
+                 help="stop training runs after epoch E (default: the grid's own, if any)")
+    listing.flag("--all", action="store_true", help="also list the runs that are done")
+    run = command("run", "run the grid on this machine, N runs at a time")
+    run.flag("--jobs", "-j", type=positive_int, default=1, help="runs at a time (default 1)")
+    run.flag("--threads", type=positive_int, default=None,
+             help="torch threads per run (default: this machine's cores // --jobs)")
+    run.flag("--time-limit", type=time_limit, default=None, metavar="DURATION",
+             help="stop every run cleanly after this long (2h30m, 90m, 3600, ...)")
+    run.flag("--until-epoch", type=positive_int, default=None, metavar="E",
+             help="stop training runs after epoch E (default: the grid's own, if any)")
+    run.flag("--retry-failed", action="store_true",
+             help="resume runs that failed before (default: report them and leave them)")
+    command("status", "a table of every run of the grid: state, epochs, best accuracy")
+    slurm = command("slurm", "submit one SLURM job array, one task per unfinished run")
+    slurm.flag("--partition", default=None, help="SLURM partition")
+    slurm.flag("--time", type=slurm_time, default="24:00:00",
+               help="time limit of each task, HH:MM:SS (default 24:00:00); a task that "
+                    "reaches it saves, is requeued and continues")
+    slurm.flag("--gpus-per-task", type=non_negative_int, default=1, help="default 1")
+    slurm.flag("--cpus-per-task", type=positive_int, default=4, help="default 4")
+    slurm.flag("--max-parallel", type=positive_int, default=None, metavar="K",
+               help="tasks running at once (--array=...%%K)")
+    slurm.flag("--until-epoch", type=positive_int, default=None, metavar="E",
+               help="stop training runs after epoch E (default: the grid's own, if any)")
+    slurm.flag("--dry-run", action="store_true",
+               help="print the batch script and the tasks; submit nothing")
+    # What the batch script runs in each array task (internal: no help line).
+    task = commands.add_parser("slurm-task")
+    task.add_argument("grid")
+    task.flag("--root", required=True)
+    task.flag("--tasks-file", required=True)
+    task.flag("--index", type=int, required=True)
+    task.flag("--until-epoch", type=positive_int, default=None)
+    return parser
+
+
+# ----------------------------------------------------------------------------- run states
+
+class Plan:
+    """A grid under a root: what each run needs (``state``) and the command that does it."""
+
+    def __init__(self, grid, root, until_epoch=None):
+        self.grid, self.root = grid, root
+        self.until = until_epoch if until_epoch is not None else grid.until_epoch
+        self.by_name = {run.name: run for run in grid.runs}
+
+    def folder(self, run):
+        return os.path.join(self.root, run.folder)
+
+    def training_state(self, run):
+        """(state, info): state is one of done, reached (paused at or past the --until-epoch
+        in force), running, failed, resume, restart (a folder with no checkpoint), start."""
+        info = RunFolder(self.folder(run)).status()
+        state = info["state"]
+        if state == "done":
+            return "done", info
+        if state == "running":
+            return "running", info
+        if self.until is not None and info["epochs"] >= self.until and \
+                state in ("paused", "stopped", "interrupted"):
+            return "reached", info
+        if state == "failed":
+            return "failed", info
+        if RunFolder(self.folder(run)).has("last.pt"):
+            return "resume", info
+        if state == "interrupted":  # config.json but no checkpoint: nothing to keep
+            return "restart", info
+        return "start", info
+
+    def model_ready(self, run):
+        """Whether the model a transfer run tests is there to test (its training run done or
+        paused at the --until-epoch in force), and the model run's state."""
+        model = self.by_name.get(run.model) or _run_named(run.model)
+        state, _ = self.training_state(model)
+        return state in ("done", "reached"), state
+
+    def transfer_state(self, run):
+        """done (transfer.json measured on the current best_model.pt at every delay asked),
+        waiting (the model is not ready), or start."""
+        ready, model_state = self.model_ready(run)
+        folder = RunFolder(self.folder(run))
+        if not ready:
+            words = {"start": "not started", "resume": "not finished", "restart": "not finished"}
+            return "waiting", {"message": f"model {run.model}: "
+                                          f"{words.get(model_state, model_state)}"}
+        try:
+            data = folder.transfer()
+        except DamagedFile:
+            data = None
+        if data and folder.has("best_model.pt") and data.get("checkpoint_sha256") == \
+                file_sha256(os.path.join(folder.path, "best_model.pt")):
+            asked = set(_transfer_delays(run))
+            if asked <= {row["T"] for row in data.get("results", [])}:
+                return "done", {"message": f"model of epoch {data.get('checkpoint_epoch')}"}
+        return "start", {}
+
+    def state(self, run):
+        return self.transfer_state(run) if run.is_transfer else self.training_state(run)
+
+    def command(self, run, state, python="python"):
+        """The command that takes ``run`` on from ``state``, as a list of arguments."""
+        script = os.path.join(KIT_DIR, run.script) if python != "python" else \
+            os.path.relpath(os.path.join(KIT_DIR, run.script))
+        folder = self.folder(run)
+        if run.is_transfer:
+            return [python, script, "--model-dir", folder, *run.args]
+        extra = {"resume": ["--resume"], "failed": ["--resume"],
+                 "restart": ["--overwrite"]}.get(state, [])
+        until = ["--until-epoch", str(self.until)] if self.until is not None else []
+        return [python, script, *run.args, "--save-dir", folder, *extra, *until]
+
+
+def _run_named(name):
+    for make in GRIDS.values():
+        for run in make().runs:
+            if run.name == name:
+                return run
+    raise KeyError(name)
+
+
+def _transfer_delays(run):
+    args = list(run.args)
+    start = args.index("--T") + 1
+    delays = []
+    for value in args[start:]:
+        if value.startswith("--"):
+            break
+        delays.append(int(value))
+    return delays
+
+
+def open_plan(args):
+    try:
+        grid = get_grid(args.grid)
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+    if os.path.exists(args.root) and not os.path.isdir(args.root):
+        raise UsageError(f"--root {args.root} exists and is not a folder")
+    return Plan(grid, args.root, getattr(args, "until_epoch", None))
+
+
+def describe(info):
+    if info.get("state") == "not started":
+        return ""
+    return f"{info.get('epochs')}/{info.get('planned') or '?'}"
+
+
+# ----------------------------------------------------------------------------- list, status
+
+def cmd_list(args):
+    plan = open_plan(args)
+    done = 0
+    for run in plan.grid.runs:
+        state, _ = plan.state(run)
+        if state in ("done", "reached") and not args.all:
+            done += 1
+            continue
+        print(shlex.join(plan.command(run, state)))
+    if done:
+        print(f"# {done} run(s) done or paused at --until-epoch {plan.until}, not listed "
+              "(--all lists them)" if plan.until else f"# {done} run(s) done, not listed "
+              "(--all lists them)", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args):
+    plan = open_plan(args)
+    rows = []
+    for run in plan.grid.runs:
+        try:
+            state, info = plan.state(run)
+        except DamagedFile as err:
+            rows.append((run.name, "damaged", "", "", str(err)))
+            continue
+        if run.is_transfer:
+            shown = {"done": "done", "waiting": "waiting for its model",
+                     "start": "not started"}[state]
+            rows.append((run.name, shown, "", "", info.get("message") or ""))
+            continue
+        raw = RunFolder(plan.folder(run)).status()
+        shown = {"not started": "not started", "running": "running", "done": "done",
+                 "failed": "failed"}.get(raw["state"])
+        if shown is None:
+            word = {"paused": "paused", "stopped": "stopped",
+                    "interrupted": "interrupted"}[raw["state"]]
+            shown = f"{word} at epoch {raw['epochs']} of {raw['planned'] or '?'}"
+        best = f"{raw['best_valid']:.2f}" if raw["best_valid"] is not None else ""
+        rows.append((run.name, shown, describe(raw), best, raw.get("message") or ""))
+    header = ("run", "state", "epochs", "best valid %", "note")
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(5)]
+    for row in [header] + rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    counts = {}
+    for row in rows:
+        counts[row[1].split(" at ")[0]] = counts.get(row[1].split(" at ")[0], 0) + 1
+    print(f"{len(rows)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- run locally
+
+def last_line(path):
+    """The last non-empty line of a log file (what a failed run said last)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 8192))
+            lines = [line.strip() for line in handle.read().decode(errors="replace")
+                     .splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+class LocalSweep:
+    """Runs a plan's work as child processes, ``jobs`` at a time."""
+
+    def __init__(self, plan, jobs, threads, time_limit_s, retry_failed):
+        self.plan, self.jobs, self.threads = plan, jobs, threads
+        self.deadline = time.monotonic() + time_limit_s if time_limit_s else None
+        self.retry_failed = retry_failed
+        self.running = {}       # name -> (Popen, run, log handle)
+        self.failed, self.stopped, self.finished = [], [], []
+        self.stop_reason = None
+        self.done = self.total = 0  # runs this sweep has taken through, of how many
+
+    def _handle(self, signum, frame):
+        self.stop_reason = signal.Signals(signum).name
+
+    def say(self, text):
+        tqdm.write(f"[{self.done}/{self.total}] {text}" if self.total else text)
+        sys.stdout.flush()
+
+    def launch(self, run, state):
+        folder = self.plan.folder(run)
+        os.makedirs(folder, exist_ok=True)
+        command = self.plan.command(run, state, python=sys.executable)
+        log = open(os.path.join(folder, run.log_name), "a")
+        log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S')} sweep {state}: "
+                  f"{shlex.join(command)}\n")
+        log.flush()
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads),
+                   MKL_NUM_THREADS=str(self.threads), PYTHONUNBUFFERED="1")
+        # Its own session: a Ctrl-C at the terminal reaches the sweep alone, which then stops
+        # every run the same clean way.
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                cwd=os.getcwd())
+        self.running[run.name] = (proc, run, log)
+        verb = {"start": "start", "resume": "resume", "restart": "restart", "failed": "retry"}
+        self.say(f"{verb.get(state, state):>7}  {run.name}  (log: "
+                 f"{os.path.join(folder, run.log_name)})")
+
+    def reap(self, name, bar):
+        proc, run, log = self.running.pop(name)
+        log.close()
+        self.advance(bar)
+        folder = self.plan.folder(run)
+        if proc.returncode == -signal.SIGTERM and self.stop_reason:
+            # Our SIGTERM came before the run had set up its clean stop (while it was still
+            # loading): nothing of it was saved yet, and nothing was lost.
+            self.stopped.append(run.name)
+            self.say(f"stopped  {run.name} before its first checkpoint (nothing lost)")
+            return
+        if proc.returncode != 0:
+            line = last_line(os.path.join(folder, run.log_name))
+            self.failed.append(run.name)
+            self.say(f" FAILED  {run.name} (exit {proc.returncode}): {line}")
+            return
+        if run.is_transfer:
+            self.finished.append(run.name)
+            self.say(f"   done  {run.name}")
+            return
+        info = RunFolder(folder).status()
+        if info["state"] == "done":
+            self.finished.append(run.name)
+            best = info["best_valid"]
+            self.say(f"   done  {run.name}: {info['epochs']} epochs, best valid "
+                     f"{best:.2f}%")
+        elif info["state"] == "paused":
+            self.finished.append(run.name)
+            self.say(f" paused  {run.name} at epoch {info['epochs']} of {info['planned']} "
+                     f"(--until-epoch {self.plan.until})")
+        else:
+            self.stopped.append(run.name)
+            self.say(f"stopped  {run.name} at epoch {info['epochs']} of {info['planned']}, "
+                     "last.pt saved")
+
+    def work(self):
+        """The runs that need this sweep, in grid order, with their states now."""
+        todo, notes = [], []
+        for run in self.plan.grid.runs:
+            state, info = self.plan.state(run)
+            if state in ("done", "reached"):
+                continue
+            if state == "running":
+                notes.append(f"   skip  {run.name}: running in another process "
+                             f"({info.get('message')})")
+            elif state == "failed" and not self.retry_failed:
+                self.failed.append(run.name)
+                notes.append(f"   skip  {run.name}: failed before ({info.get('message')}); "
+                             "--retry-failed resumes it")
+            else:
+                todo.append(run)
+        return todo, notes
+
+    def go(self):
+        todo, notes = self.work()
+        for note in notes:
+            self.say(note)
+        if not todo:
+            self.say("nothing to do: every run of the grid is done, paused at --until-epoch, "
+                     "running elsewhere or failed")
+            return
+        previous = {sig: signal.signal(sig, self._handle)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.total = len(todo)
+        # The bar shows on a terminal; in a log file the numbered lines carry the progress.
+        bar = tqdm(total=len(todo), desc=f"{self.plan.grid.name}", unit="run", disable=None)
+        try:
+            self._loop(todo, bar)
+        finally:
+            bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _loop(self, todo, bar):
+        pending = list(todo)
+        while pending or self.running:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.stop_reason = self.stop_reason or "time limit"
+            if self.stop_reason:
+                self._stop_all(bar)
+                return
+            for run in list(pending):
+                if len(self.running) >= self.jobs:
+                    break
+                if run.is_transfer:
+                    if run.model in self.running or any(
+                            other.name == run.model for other in pending):
+                        continue  # its model is still training in this sweep
+                    state, info = self.plan.state(run)
+                    if state == "waiting":
+                        pending.remove(run)
+                        self.advance(bar)
+                        self.say(f"   skip  {run.name}: {info['message']} (not ready)")
+                        continue
+                    if state == "done":
+                        pending.remove(run)
+                        self.advance(bar)
+                        continue
+                else:
+                    state, _ = self.plan.state(run)
+                    if state in ("done", "reached", "running"):
+                        pending.remove(run)
+                        self.advance(bar)
+                        continue
+                pending.remove(run)
+                self.launch(run, state)
+            for name, (proc, _, _) in list(self.running.items()):
+                if proc.poll() is not None:
+                    self.reap(name, bar)
+            time.sleep(0.2)
+
+    def advance(self, bar):
+        self.done += 1
+        bar.update()
+
+    def _stop_all(self, bar):
+        self.say(f"{self.stop_reason}: stopping {len(self.running)} run(s) cleanly (SIGTERM, "
+                 "each saves its last.pt)")
+        for proc, _, _ in self.running.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, (proc, _, _) in list(self.running.items()):
+            proc.wait()
+            self.reap(name, bar)
+
+
+def cmd_run(args):
+    plan = open_plan(args)
+    os.makedirs(plan.root, exist_ok=True)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    threads = args.threads or max(1, cores // args.jobs)
+    sweep = LocalSweep(plan, args.jobs, threads, args.time_limit, args.retry_failed)
+    print(f"{plan.grid.name}: {len(plan.grid.runs)} runs under {plan.root}, {args.jobs} at a "
+          f"time, {threads} torch thread(s) each"
+          + (f", training runs stop after epoch {plan.until}" if plan.until else ""),
+          flush=True)
+    sweep.go()
+    again = shlex.join(["python", "sweep.py", "run", plan.grid.name, "--root", plan.root,
+                        "--jobs", str(args.jobs)]
+                       + (["--until-epoch", str(args.until_epoch)] if args.until_epoch else []))
+    if sweep.stop_reason:
+        print(f"stopped ({sweep.stop_reason}); every run saved its state. Continue with:\n"
+              f"  {again}", flush=True)
+    summary = (f"{len(sweep.finished)} finished or paused, {len(sweep.stopped)} stopped, "
+               f"{len(sweep.failed)} failed")
+    print(summary + (f": {', '.join(sweep.failed)}" if sweep.failed else ""), flush=True)
+    return 1 if sweep.failed else 0
+
+
+# ----------------------------------------------------------------------------- SLURM
+# The batch script is generated here rather than through submitit: submitit pickles a Python
+# callable per task (our runs are plain commands with their own resume logic), signals USR2
+# (our scripts save on SIGTERM, which is also what preemption sends), and its local executor
+# has no concurrency cap. A job array with "%K", --signal, --requeue and --open-mode=append is
+# all SLURM needs to run, stop, requeue and continue these runs.
+
+def slurm_groups(plan):
+    """The array's tasks: each unfinished training run with the transfer runs of its model
+    (which run in the same task, after it), and transfer runs whose model is not in the
+    grid. A group is left out when all of it is done."""
+    groups, placed = [], set()
+    for run in plan.grid.runs:
+        if run.is_transfer and run.model in plan.by_name:
+            continue
+        group = [run] + [other for other in plan.grid.runs
+                         if other.is_transfer and other.model == run.name]
+        placed.update(member.name for member in group)
+        states = [plan.state(member)[0] for member in group]
+        if all(state in ("done", "reached") for state in states) or (
+                not run.is_transfer and states[0] == "running"):
+            continue
+        groups.append([member.name for member in group])
+    return groups
+
+
+def batch_script(plan, args, tasks_file, count):
+    root = os.path.abspath(plan.root)
+    logs = os.path.join(root, SLURM_DIR)
+    array = f"0-{count - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=hdetach-{plan.grid.name}",
+        f"#SBATCH --array={array}",
+        f"#SBATCH --time={args.time}",
+        f"#SBATCH --cpus-per-task={args.cpus_per_task}",
+        "#SBATCH --ntasks=1",
+        # SIGTERM to this script (B:) ahead of the time limit: the task stops its run cleanly
+        # and requeues itself; preemption sends SIGTERM too.
+        f"#SBATCH --signal=B:TERM@{SLURM_SIGNAL_LEAD_S}",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={logs}/%A_%a.out",
+    ]
+    if args.gpus_per_task:
+        lines.append(f"#SBATCH --gpus-per-task={args.gpus_per_task}")
+    if args.partition:
+        lines.append(f"#SBATCH --partition={args.partition}")
+    until = ["--until-epoch", str(plan.until)] if plan.until else []
+    task = [sys.executable, os.path.join(KIT_DIR, "sweep.py"), "slurm-task", plan.grid.name,
+            "--root", root, "--tasks-file", tasks_file, *until]
+    lines += [
+        "",
+        "# One task of the array: the runs on line SLURM_ARRAY_TASK_ID of the tasks file.",
+        f"cd {shlex.quote(os.getcwd())}",
+        'echo "== $(date -Is) task ${SLURM_ARRAY_TASK_ID} of job ${SLURM_ARRAY_JOB_ID} '
+        '(restart ${SLURM_RESTART_COUNT:-0}) on $(hostname)"',
+        "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
+        f"exec {shlex.join(task)} --index \"${{SLURM_ARRAY_TASK_ID}}\"",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_slurm(args):
+    plan = open_plan(args)
+    groups = slurm_groups(plan)
+    if not groups:
+        print(f"nothing to submit: every run of {plan.grid.name} under {plan.root} is done"
+              + (f" or paused at --until-epoch {plan.until}" if plan.until else "")
+              + " (or running)")
+        return 0
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tasks_file = os.path.join(os.path.abspath(plan.root), SLURM_DIR,
+                              f"{plan.grid.name}-{stamp}.tasks")
+    script = batch_script(plan, args, tasks_file, len(groups))
+    tasks_text = "".join(" ".join(group) + "\n" for group in groups)
+    if args.dry_run:
+        print(script)
+        print(f"# tasks ({tasks_file}, not written):")
+        for index, group in enumerate(groups):
+            print(f"#   {index}: {' '.join(group)}")
+        return 0
+    from shutil import which
+    if which("sbatch") is None:
+        raise UsageError("sbatch not found on PATH: run this on a SLURM login node "
+                         "(--dry-run prints the batch script)")
+    os.makedirs(os.path.dirname(tasks_file), exist_ok=True)
+    atomic_write(tasks_file, lambda handle: handle.write(tasks_text.encode()))
+    script_path = tasks_file[:-len(".tasks")] + ".sbatch"
+    atomic_write(script_path, lambda handle: handle.write(script.encode()))
+    done = subprocess.run(["sbatch", "--parsable", script_path], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise UsageError(f"sbatch refused the job: {reason} (script: {script_path})")
+    job = done.stdout.strip().split(";")[0]
+    print(f"submitted job {job}: {len(groups)} task(s) of {plan.grid.name}; script "
+          f"{script_path}; logs in {os.path.dirname(tasks_file)}/{job}_*.out and each run's "
+          f"folder. 'python sweep.py status {plan.grid.name} --root {plan.root}' shows them.")
+    return 0
+
+
+def cmd_slurm_task(args):
+    """One array task: run its line's runs in order; on SIGTERM stop the current run cleanly
+    and ask SLURM to requeue this task, which then continues where it stopped."""
+    plan = open_plan(args)
+    with open(args.tasks_file) as handle:
+        lines = handle.read().splitlines()
+    if not 0 <= args.index < len(lines):
+        raise UsageError(f"task {args.index} is not in {args.tasks_file} ({len(lines)} tasks)")
+    names = lines[args.index].split()
+    received = {}
+
+    def on_term(signum, frame):
+        received["signal"] = signal.Signals(signum).name
+        child = received.get("child")
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    threads = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("OMP_NUM_THREADS") or "1"
+    for name in names:
+        run = plan.by_name[name]
+        state, info = plan.state(run)
+        if state in ("done", "reached", "waiting", "running"):
+            print(f"{name}: {state}" + (f" ({info.get('message')})"
+                                        if info.get("message") else ""), flush=True)
+            continue
+        folder = plan.folder(run)
+        os.makedirs(folder, exist_ok=True)
+        command = plan.command(run, state, python=sys.executable)
+        print(f"{name}: {state}: {shlex.join(command)}", flush=True)
+        with open(os.path.join(folder, run.log_name), "a") as log:
+            log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S')} slurm task "
+                      f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{args.index} {state}: "
+                      f"{shlex.join(command)}\n")
+            log.flush()
+            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL,
+                                     env=dict(os.environ, OMP_NUM_THREADS=threads))
+            received["child"] = child
+            if "signal" in received:  # arrived between runs
+                child.send_signal(signal.SIGTERM)
+            code = child.wait()
+        if code != 0:
+            print(f"{name}: failed (exit {code}): "
+                  f"{last_line(os.path.join(folder, run.log_name))}", flush=True)
+            return 1
+        if "signal" in received:
+            break
+    if "signal" in received:
+        job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        task_id = os.environ.get("SLURM_ARRAY_TASK_ID")
+        target = f"{job}_{task_id}" if job and task_id else os.environ.get("SLURM_JOB_ID")
+        print(f"{received['signal']}: runs saved; requeueing {target}", flush=True)
+        if target:
+            subprocess.run(["scontrol", "requeue", target], check=False)
+        return 0
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"list": cmd_list, "run": cmd_run, "status": cmd_status, "slurm": cmd_slurm,
+                "slurm-task": cmd_slurm_task}
+    return report_errors(lambda: handlers[args.command](args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
