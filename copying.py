@@ -78,7 +78,9 @@ def run(args, argv, last, lock=None):
     data_gen, batch_gen, detach_gen = (torch.Generator().manual_seed(int(s)) for s in seeds)
     train_symbols = copying_symbols(args.train_size, data_gen)
     valid_symbols = copying_symbols(args.test_size, data_gen)
-    model_config = {"input_size": 1, "hidden_size": args.lstm_size, "num_classes": NUM_CLASSES}
+    # detach is part of what the network is: HDetachNet(**model_config) rebuilds it as trained
+    model_config = {"input_size": 1, "hidden_size": args.lstm_size, "num_classes": NUM_CLASSES,
+                    "detach": args.detach}
     net = HDetachNet(**model_config, impl=args.impl).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     run = TrainingRun(TASK, args, net, optimizer,
@@ -119,7 +121,8 @@ def run(args, argv, last, lock=None):
     results = run.finish({"best_valid_accuracy": run.best["accuracy"],
                           "best_epoch": run.best["epoch"],
                           "final_valid_accuracy": run.history[-1]["valid/accuracy"],
-                          "T": args.T, "p_detach": args.p_detach, "seed": args.seed})
+                          "T": args.T, "p_detach": args.p_detach, "detach": args.detach,
+                          "seed": args.seed})
     print(f"done: best valid accuracy {results['best_valid_accuracy']:.2f}% at epoch "
           f"{results['best_epoch']}; results in {os.path.join(args.save_dir, 'results.json')}")
     return 0

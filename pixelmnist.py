@@ -277,7 +277,9 @@ def run(args, argv, last, lock=None):
     seeds = np.random.SeedSequence(args.seed).generate_state(2, dtype=np.uint64)
     order_gen, detach_gen = (torch.Generator().manual_seed(int(s)) for s in seeds)
     permutation = pixel_permutation(args.seed) if args.permute else torch.arange(PIXELS)
-    model_config = {"input_size": 1, "hidden_size": args.lstm_size, "num_classes": NUM_CLASSES}
+    # detach is part of what the network is: HDetachNet(**model_config) rebuilds it as trained
+    model_config = {"input_size": 1, "hidden_size": args.lstm_size, "num_classes": NUM_CLASSES,
+                    "detach": args.detach}
     net = HDetachNet(**model_config, impl=args.impl).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     run = TrainingRun(TASK, args, net, optimizer, {"order": order_gen, "detach": detach_gen},
@@ -347,7 +349,8 @@ def run(args, argv, last, lock=None):
         "best_epoch": best["epoch"], "test_accuracy": best["test_accuracy"],
         "test_loss": best["test_loss"],
         "final_valid_accuracy": run.history[-1]["valid/accuracy"],
-        "p_detach": args.p_detach, "permute": bool(args.permute), "seed": args.seed,
+        "p_detach": args.p_detach, "detach": args.detach, "permute": bool(args.permute),
+        "seed": args.seed,
         "lstm_size": args.lstm_size, "lr": args.lr, "train_size": args.train_size,
         "valid_size": args.valid_size, "test_size": test.images.shape[0]})
     print(f"done: best valid accuracy {results['best_valid_accuracy']:.2f}% at epoch "

@@ -212,6 +212,8 @@ def expect_error(capsys, call, code=2, contains=""):
     (["--train-size", "10"], "at least --batch-size"),
     (["--lr", "nan"], "finite"),
     (["--seed", "-1"], "must be in 0.."),
+    (["--detach", "x"], "invalid choice: 'x'"),
+    (["--detach", "H"], "invalid choice: 'H'"),
 ])
 def test_bad_training_flags(tmp_path, capsys, flags, contains):
     folder = tmp_path / "run"
@@ -444,3 +446,71 @@ def test_sigterm_mid_epoch_saves_that_iteration_and_resumes_exactly(tmp_path):
     assert steps == list(range(1, last["iteration"] + 1))  # saved at the iteration it stopped
     assert copying.main(["--save-dir", str(stopped), "--resume"]) == 0
     assert_same_run(straight, stopped)
+
+
+# ----------------------------------------------------------------------------- --detach
+
+def strip_detach(path):
+    """Make a checkpoint look like one written before --detach existed."""
+    payload = torch.load(path, weights_only=True)
+    assert payload["config"].pop("detach") and payload["model_config"].pop("detach")
+    runfolder.save_checkpoint(str(path), payload)
+
+
+def test_detach_is_stored_in_config_checkpoints_and_results(tiny_run, tmp_path):
+    folder = tmp_path / "c"
+    assert run_copying(folder, "--detach", "c") == 0
+    for run_dir, detach in ((tiny_run, "h"), (folder, "c")):
+        assert json.loads((run_dir / "config.json").read_text())["args"]["detach"] == detach
+        assert json.loads((run_dir / "results.json").read_text())["detach"] == detach
+        for name in ("last.pt", "best_model.pt"):
+            ckpt = torch.load(run_dir / name, weights_only=True)
+            assert ckpt["config"]["detach"] == ckpt["model_config"]["detach"] == detach
+            assert copying.HDetachNet(**ckpt["model_config"]).lstm.detach == detach
+    # The network trained with it: the same seed and draws, the same first loss (forward
+    # values do not depend on what is detached), then other losses.
+    h_loss = [v for _, v in scalars(tiny_run, "train/loss")]
+    c_loss = [v for _, v in scalars(folder, "train/loss")]
+    assert h_loss[0] == c_loss[0] and h_loss[1:] != c_loss[1:]
+
+
+def test_resume_keeps_detach_and_refuses_another(tmp_path, capsys):
+    folder = tmp_path / "run"
+    assert run_copying(folder, "--detach", "c", "--until-epoch", "1") == 0
+    before = snapshot(folder)
+    err = expect_error(capsys, lambda: copying.main(["--save-dir", str(folder), "--resume",
+                                                     "--detach", "h"]))
+    assert "detach (run: 'c', given: 'h')" in err
+    assert snapshot(folder) == before
+    assert copying.main(["--save-dir", str(folder), "--resume", "--until-epoch", "2"]) == 0
+    assert torch.load(folder / "last.pt", weights_only=True)["model_config"]["detach"] == "c"
+    assert copying.main(["--save-dir", str(folder), "--resume", "--detach", "c"]) == 0
+    assert json.loads((folder / "results.json").read_text())["detach"] == "c"
+
+
+def test_a_run_from_before_detach_resumes_as_h(tiny_run, tmp_path, capsys):
+    folder = tmp_path / "old"
+    assert run_copying(folder, "--until-epoch", "1") == 0
+    strip_detach(folder / "last.pt")
+    before = snapshot(folder)
+    err = expect_error(capsys, lambda: copying.main(["--save-dir", str(folder), "--resume",
+                                                     "--detach", "c"]))
+    assert "detach (run: 'h', given: 'c')" in err
+    assert snapshot(folder) == before
+    assert copying.main(["--save-dir", str(folder), "--resume"]) == 0
+    assert json.loads((folder / "results.json").read_text())["detach"] == "h"
+    assert_same_run(tiny_run, folder)  # exactly the h-detach run it was
+
+
+def test_transfer_loads_a_checkpoint_from_before_detach(tiny_run, tmp_path):
+    rows = []
+    for name in ("old", "new"):
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / "best_model.pt"
+        path.write_bytes((tiny_run / "best_model.pt").read_bytes())
+        if name == "old":
+            strip_detach(path)
+        assert transfer_copy.main(["--model-dir", str(path), "--T", "6", "--test-size", "30",
+                                   "--device", "cpu"]) == 0
+        rows.append(json.loads((tmp_path / name / "transfer.json").read_text())["results"])
+    assert rows[0] == rows[1] and len(rows[0]) == 1

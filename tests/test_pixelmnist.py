@@ -31,7 +31,8 @@ N_TRAIN_FILE, N_TEST_FILE = 300, 50
 TINY = ["--no-download", "--lstm-size", "8", "--batch_size", "10"]
 RESULT_KEYS = {"best_valid_accuracy", "best_valid_loss", "best_epoch", "test_accuracy",
                "test_loss", "final_valid_accuracy", "final_epoch", "wall_time_s", "p_detach",
-               "permute", "seed", "lstm_size", "lr", "train_size", "valid_size", "test_size"}
+               "detach", "permute", "seed", "lstm_size", "lr", "train_size", "valid_size",
+               "test_size"}
 EPOCH_TAGS = {"train/loss", "train/epoch_loss", "valid/loss", "valid/accuracy", "p_detach",
               "test/accuracy", "test/loss", "best/valid_accuracy", "best/test_accuracy"}
 
@@ -89,12 +90,13 @@ class Recorder:
     was on, last_only) and keeps the LSTM outputs of training calls with their gradient."""
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.nets = [], []
         recorder = self
 
         class RecordingNet(HDetachNet):
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
+                recorder.nets.append(self)
                 self.lstm.register_forward_hook(self._keep_output)
 
             def _keep_output(self, module, inputs, output):
@@ -164,8 +166,8 @@ def test_original_flags_and_defaults():
     assert (args.p_detach, args.permute, args.lstm_size, args.seed, args.lr, args.clip,
             args.batch_size, args.n_epochs, args.anneal_p) == (-1.0, False, 100, 400, 1e-3, 1.0,
                                                                 100, 200, 40)
-    assert (args.data_dir, args.download, args.train_size, args.valid_size) == \
-        ("./MNIST", True, 50000, 10000)
+    assert (args.data_dir, args.download, args.train_size, args.valid_size, args.detach) == \
+        ("./MNIST", True, 50000, 10000, "h")
     original = parser.parse_args(
         "--p-detach 0.25 --permute --save-dir d --lstm-size 50 --seed 150 --lr 0.0005 "
         "--clipval 0.5 --batch_size 20 --n_epochs 3 --anneal-p 2".split())
@@ -355,7 +357,9 @@ def test_run_folder_events_checkpoints_results(recorded):
     results = json.loads((save / "results.json").read_text())
     assert set(results) == RESULT_KEYS
     assert results["final_epoch"] == 2 and results["permute"] is True
+    assert results["detach"] == "h"
     last, best = load(save / "last.pt"), load(save / "best_model.pt")
+    assert last["model_config"]["detach"] == best["model_config"]["detach"] == "h"
     assert last["epoch"] == 2 and best["epoch"] == results["best_epoch"]
     assert best["test_accuracy"] == results["test_accuracy"]
     assert best["accuracy"] == results["best_valid_accuracy"]
@@ -416,6 +420,27 @@ def test_test_accuracy_is_the_one_at_the_best_validation_epoch(mnist, tmp_path, 
     events = read_events(save)
     assert events["test/accuracy"] == [(1, 11.0), (2, 22.0)]
     assert events["best/test_accuracy"][0][1] == 22.0
+
+
+def test_detach_c_reaches_the_network_and_the_run_files(mnist, tmp_path, capsys):
+    recorder = Recorder()
+    save = tmp_path / "c"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pixelmnist, "HDetachNet", recorder.net_class)
+        run_main([*TINY, "--data-dir", mnist[0], "--save-dir", save, "--train-size", 10,
+                  "--valid-size", 10, "--n_epochs", 1, "--p-detach", 0.5, "--anneal-p", 0,
+                  "--detach", "c"])
+    assert [net.lstm.detach for net in recorder.nets] == ["c"]
+    assert json.loads((save / "config.json").read_text())["args"]["detach"] == "c"
+    assert json.loads((save / "results.json").read_text())["detach"] == "c"
+    for name in ("last.pt", "best_model.pt"):
+        ckpt = load(save / name)
+        assert ckpt["config"]["detach"] == ckpt["model_config"]["detach"] == "c"
+        assert HDetachNet(**ckpt["model_config"]).lstm.detach == "c"
+    err = one_line_error(capsys, ["--save-dir", save, "--resume", "--detach", "h"])
+    assert "detach (run: 'c', given: 'h')" in err
+    err = one_line_error(capsys, [*TINY, "--save-dir", tmp_path / "x", "--detach", "both"])
+    assert "invalid choice: 'both'" in err and not (tmp_path / "x").exists()
 
 
 # ----------------------------------------------------------------------------- stop and resume
