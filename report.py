@@ -23,6 +23,7 @@ import math
 import os
 import statistics
 import sys
+import textwrap
 from collections import namedtuple
 
 from runfolder import RUN_FILES, DamagedFile, RunFolder, atomic_write, file_sha256
@@ -178,11 +179,13 @@ def normalise_args(task, args):
     """The run's arguments as its setting sees them: flags the run predates take today's
     defaults; a missing ``detach`` is h-detach (the only kind before the flag); p <= 0 is
     plain BPTT whatever its value and whichever state it would detach, so all of it is one
-    setting."""
+    setting; so is every clip value <= 0 (no clipping)."""
     merged = dict(task_defaults(task), **args)
     merged.setdefault("detach", "h")
     if merged.get("p_detach") is None or merged["p_detach"] <= 0:
         merged["p_detach"], merged["detach"] = -1.0, "h"
+    if merged.get("clip") is not None and merged["clip"] <= 0:
+        merged["clip"] = 0.0  # every clip value <= 0 means no clipping
     return merged
 
 
@@ -246,7 +249,7 @@ def modifiers(task, args, experiment, varying):
         if key in ("clip", "lr") and "no clipping" in experiment:
             continue
         if (key in defaults and args[key] != defaults[key]) or \
-                (key not in defaults and key in varying):
+                (key not in defaults and key in varying and args[key] is not None):
             shown.append(modifier(task, key, args[key]))
     return shown
 
@@ -276,7 +279,7 @@ def best_of(rows, strict):
     best, epoch = None, None
     for row in rows:
         accuracy = row["valid_accuracy"]
-        if accuracy is None:
+        if accuracy is None or not math.isfinite(accuracy):
             continue
         if best is None or accuracy > best or (accuracy == best and not strict):
             best, epoch = accuracy, row["epoch"]
@@ -313,7 +316,7 @@ def read_run(path, root):
         "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
         "best_valid_accuracy": best, "best_epoch": best_epoch,
         "curve": [[row["epoch"], row["valid_accuracy"]] for row in rows
-                  if row["valid_accuracy"] is not None],
+                  if row["valid_accuracy"] is not None and math.isfinite(row["valid_accuracy"])],
     }
     if task == "copying":
         run["first_epoch_solved"] = next((row["epoch"] for row in rows
@@ -401,11 +404,30 @@ def group_settings(runs):
                    "protocol": not shown, "args": {k: v for k, v in first["args"].items()
                                                    if k not in PROCESS_KEYS and k != "seed"},
                    "runs": members}
-        for run in members:
-            run["setting"] = label
         settings.append(setting)
+    disambiguate(settings)
+    for setting in settings:
+        for run in setting["runs"]:
+            run["setting"] = setting["label"]
     settings.sort(key=lambda s: (experiment_order(s["experiment"]), setting_order(s)))
     return settings
+
+
+def disambiguate(settings):
+    """Two settings of one experiment must never share a label (it would read as one): where
+    the modifiers do not tell them apart (values that print alike), add the arguments that
+    differ."""
+    seen = {}
+    for setting in settings:
+        seen.setdefault((setting["experiment"], setting["label"]), []).append(setting)
+    for group in seen.values():
+        if len(group) < 2:
+            continue
+        keys = sorted({key for s in group for key in s["args"]
+                       if len({json.dumps(t["args"].get(key)) for t in group}) > 1})
+        for setting in group:
+            setting["label"] += " [" + ", ".join(f"{key}={setting['args'].get(key)!r}"
+                                                 for key in keys) + "]"
 
 
 def experiment_order(name):
@@ -650,6 +672,7 @@ def transfer_section(runs):
             model = f"{transfer['checkpoint_epoch']}"
             if not transfer["current"]:
                 model += f" ({transfer['checkpoint']} has changed since: out of date)"
+            model += f" ({transfer['test_size']} sequences, seed {transfer['seed']})"
             rows.append([f"{run['setting']} (ours)", run["seed"], model,
                          *(pct(transfer["accuracy"].get(str(d))) if str(d) in
                            transfer["accuracy"] else "—" for d in delays),
@@ -681,7 +704,7 @@ def runs_section(runs):
                   "device", "training time (h)", "note"], rows)
 
 
-def markdown_body(data, figures, h, figure_dir):
+def markdown_body(data, figures, h, figure_dir, root):
     """The report's sections (headings at level ``h``), figures linked from ``figure_dir``."""
     settings, runs = data["settings_full"], data["runs_full"]
     experiments = sorted({s["experiment"] for s in settings} | set(MAIN_EXPERIMENTS) |
@@ -689,7 +712,7 @@ def markdown_body(data, figures, h, figure_dir):
                           if not ref.experiment.startswith("transfer")},
                          key=experiment_order)
     done = sum(run["final"] for run in runs)
-    lines = [f"Generated by `python report.py` from {len(runs)} run folder"
+    lines = [f"Generated by `python report.py {root}` from {len(runs)} run folder"
              f"{'s' if len(runs) != 1 else ''} ({done} finished); do not edit by hand. Every "
              "number of ours says how complete its run is (state, epochs done / planned); "
              "numbers of runs that have not finished are not final. The references are the "
@@ -706,9 +729,9 @@ def markdown_body(data, figures, h, figure_dir):
               f"reached {SOLVED:g} %, per seed.", ""]
     lines += copying_section(settings, copying_main) + [""]
     lines += [f"{h} Transfer copying", "",
-              "The best model of a copying run, tested without training on 5,000 fresh "
-              "sequences (seed 555) of a longer delay T'. 'model epoch': the epoch of the "
-              "checkpoint measured.", ""]
+              "The best model of a copying run, tested without training on fresh sequences of "
+              "a longer delay T' (the paper: 5,000 sequences, seed 555). 'model epoch': the "
+              "epoch of the checkpoint measured, and the test set.", ""]
     lines += transfer_section(runs) + [""]
     ablations = [e for e in experiments if is_ablation(e)]
     lines += [f"{h} Ablations", "",
@@ -813,8 +836,9 @@ def curves_figure(settings, path):
         ax.set_title(f"{experiment}: validation accuracy by epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
-    fig.suptitle("Lines: our runs, coloured by setting (open circle: where a run that has not "
-                 "finished stands). Markers and flat lines: the references", fontsize=10)
+    fig.suptitle(textwrap.fill("Lines: our runs, coloured by setting (open circle: where a run "
+                               "that has not finished stands). Markers and flat lines: the "
+                               "references", 100 * cols), fontsize=9)
     save_png(fig, path)
     plt.close(fig)
 
@@ -872,7 +896,10 @@ def transfer_figure(runs, path):
     from matplotlib import pyplot as plt
 
     groups = {t: m for t, m in transfer_groups(runs).items() if m}
-    fig, axes = plt.subplots(1, len(groups), figsize=(7.5 * len(groups), 4.8), squeeze=False)
+    # The legend goes under the panel: room for one line per run and paper row.
+    entries = max(len(m) + (3 if t == 100 else 0) for t, m in groups.items())
+    fig, axes = plt.subplots(1, len(groups), figsize=(7.5 * len(groups), 4.2 + 0.13 * entries),
+                             squeeze=False, layout="constrained")
     for ax, (trained, members) in zip(axes.flat, groups.items()):
         labels = list(dict.fromkeys(run["setting"] for run in sorted(members,
                                                                      key=setting_order_of)))
@@ -905,8 +932,7 @@ def transfer_figure(runs, path):
         ax.set_ylabel("accuracy on the last 10 steps (%)")
         ax.set_title(f"Transfer copying: trained at T = {trained}, tested at T'")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     save_png(fig, path)
     plt.close(fig)
 
@@ -986,7 +1012,7 @@ def run(args):
 
     data = {"settings_full": settings, "runs_full": runs, "skipped": skipped}
     report = "# h-detach: the paper's results beside ours\n\n" + markdown_body(
-        data, figures, "##", "")
+        data, figures, "##", "", args.root)
     atomic_write(os.path.join(out, "report.md"), lambda handle: handle.write(report.encode()))
     public = {
         "root": os.path.abspath(root),
@@ -1005,7 +1031,7 @@ def run(args):
         [os.path.join(out, name) for name, _ in figures]
     if args.readme:
         figure_dir = os.path.relpath(out, os.path.dirname(os.path.abspath(args.readme)))
-        write_readme(args.readme, markdown_body(data, figures, "###", figure_dir))
+        write_readme(args.readme, markdown_body(data, figures, "###", figure_dir, args.root))
         written.append(args.readme)
     print(f"{len(runs)} runs in {len(settings)} settings; written: {', '.join(written)}")
     return 0

@@ -1,0 +1,417 @@
+"""report.py: the paper's tables and figures from run folders.
+
+Tiny real copying runs (a few seconds in all) give the report numbers that must equal those in
+their files; hand-made run folders cover what tiny runs cannot reach quickly (seeds that solve
+the task, the best-validation-seed rule, damaged files, pixel MNIST settings).
+"""
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+import copying
+import pixelmnist
+import report
+import runfolder
+import transfer_copy
+
+TINY = ["--T", "6", "--train-size", "60", "--test-size", "40", "--batch_size", "20",
+        "--lstm-size", "8", "--n_epochs", "3", "--anneal-p", "2", "--device", "cpu"]
+
+
+def copy_run(folder, *extra):
+    assert copying.main(TINY + ["--save-dir", str(folder), *extra]) == 0
+
+
+def make_run(folder, task, argv, valid, test=None, finished=True, state="paused", edit=None):
+    """A hand-made run folder: config.json from the script's own parser, metrics.csv from the
+    given validation (and test) accuracies, results.json by the script's rules when finished,
+    otherwise a stand-in last.pt and state.json (status() calls a run paused only when it has a
+    checkpoint to continue from)."""
+    module = copying if task == "copying" else pixelmnist
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    args = vars(module.build_parser().parse_args([*argv, "--save-dir", str(folder)]))
+    if edit:
+        edit(args)
+    runfolder.write_json(folder / "config.json", {"task": task, "args": args, "device": "cpu"})
+    history = []
+    for i, accuracy in enumerate(valid):
+        record = {"epoch": i + 1, "p_detach": 0.0, "train/epoch_loss": 1.0, "valid/loss": 1.0,
+                  "valid/accuracy": accuracy, "iteration": 10 * (i + 1), "elapsed_s": 2.0 * i}
+        if test and test[i] is not None:
+            record["test/accuracy"] = test[i]
+        history.append(record)
+    runfolder.write_metrics(folder, history)
+    if finished:
+        strict = task == "pixelmnist"
+        best, epoch = report.best_of(runfolder.read_metrics(folder / "metrics.csv"), strict)
+        results = {"best_valid_accuracy": best, "best_epoch": epoch, "final_epoch": len(valid),
+                   "final_valid_accuracy": valid[-1], "seed": args["seed"]}
+        if strict:
+            results["test_accuracy"] = test[epoch - 1]
+        runfolder.write_json(folder / "results.json", results)
+        runfolder.write_state(str(folder), "done", epoch=len(valid), n_epochs=args["n_epochs"])
+    else:
+        (folder / "last.pt").write_bytes(b"")
+        runfolder.write_state(str(folder), state, epoch=len(valid), n_epochs=args["n_epochs"])
+    return folder
+
+
+def run_report(root, out, *extra):
+    assert report.main([str(root), "--out", str(out), *map(str, extra)]) == 0
+    return json.loads((Path(out) / "report.json").read_text()), (Path(out) / "report.md").read_text()
+
+
+def by_path(data):
+    return {run["path"]: run for run in data["runs"]}
+
+
+def one_line_error(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(a) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    return err
+
+
+# ----------------------------------------------------------------------------- tiny real runs
+
+@pytest.fixture(scope="module")
+def real_root(tmp_path_factory):
+    """Three seeds of p = 0.5 (one paused after epoch 1 of 3), one vanilla run, and a transfer
+    test of one model at T' = 8 and 12."""
+    root = tmp_path_factory.mktemp("runs")
+    for seed in (1, 2):
+        copy_run(root / "copying" / f"T6_p0.5_s{seed}", "--p-detach", "0.5", "--seed", str(seed))
+    copy_run(root / "copying" / "T6_p0.5_s3", "--p-detach", "0.5", "--seed", "3",
+             "--until-epoch", "1")
+    copy_run(root / "copying" / "T6_vanilla_s1", "--seed", "1")
+    assert transfer_copy.main(["--model-dir", str(root / "copying" / "T6_p0.5_s1"), "--T", "8",
+                               "12", "--test-size", "20", "--device", "cpu"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def real_report(real_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    data, text = run_report(real_root, out)
+    return out, data, text
+
+
+def test_numbers_equal_those_in_the_files(real_root, real_report):
+    _, data, text = real_report
+    runs = by_path(data)
+    assert set(runs) == {f"copying/T6_p0.5_s{s}" for s in (1, 2, 3)} | {"copying/T6_vanilla_s1"}
+    for path, run in runs.items():
+        folder = real_root / path
+        rows = runfolder.read_metrics(folder / "metrics.csv")
+        assert run["curve"] == [[row["epoch"], row["valid_accuracy"]] for row in rows]
+        assert run["epochs"] == rows[-1]["epoch"] and run["planned"] == 3
+        assert run["seed"] == json.loads((folder / "config.json").read_text())["args"]["seed"]
+        if (folder / "results.json").exists():
+            results = json.loads((folder / "results.json").read_text())
+            assert run["final"] and run["state"] == "done"
+            assert run["best_valid_accuracy"] == results["best_valid_accuracy"]
+            assert run["best_epoch"] == results["best_epoch"]
+        solved = [row["epoch"] for row in rows if row["valid_accuracy"] >= 99]
+        assert run["first_epoch_solved"] == (solved[0] if solved else None)
+        assert f"{run['best_valid_accuracy']:.2f}" in text
+    # The transfer results, with the model epoch they were measured on.
+    transfer = json.loads((real_root / "copying" / "T6_p0.5_s1" / "transfer.json").read_text())
+    got = runs["copying/T6_p0.5_s1"]["transfer"]
+    assert got["accuracy"] == {str(row["T"]): row["accuracy"] for row in transfer["results"]}
+    assert got["checkpoint_epoch"] == transfer["checkpoint_epoch"] and got["current"]
+    assert got["trained_T"] == 6
+    assert "Trained at T = 6" in text and "T'=8" in text and "T'=12" in text
+    for row in transfer["results"]:
+        assert f"{row['accuracy']:.2f}" in text
+
+
+def test_seeds_of_one_setting_are_summarised_together_and_apart_from_others(real_report):
+    _, data, text = real_report
+    settings = {s["label"]: s for s in data["settings"]}
+    p05 = [label for label in settings if label.startswith("h-detach p=0.5")]
+    vanilla = [label for label in settings if label.startswith("vanilla")]
+    assert len(p05) == 1 and len(vanilla) == 1 and len(settings) == 2
+    assert settings[p05[0]]["runs"] == [f"copying/T6_p0.5_s{s}" for s in (1, 2, 3)]
+    assert settings[vanilla[0]]["runs"] == ["copying/T6_vanilla_s1"]
+    runs = by_path(data)
+    values = [runs[f"copying/T6_p0.5_s{s}"]["best_valid_accuracy"] for s in (1, 2, 3)]
+    summary = settings[p05[0]]["summary"]
+    assert summary["best_valid_accuracy"]["mean"] == pytest.approx(statistics.fmean(values))
+    assert summary["best_valid_accuracy"]["sd"] == pytest.approx(statistics.stdev(values))
+    assert summary["n_runs"] == 3 and summary["n_done"] == 2 and not summary["all_final"]
+    # The tiny runs differ from the authors' protocol: the label says how.
+    assert "hidden 8" in p05[0] and "3 epochs planned" in p05[0]
+    assert settings[p05[0]]["protocol"] is False
+
+
+def test_unfinished_runs_are_labelled_as_such(real_report):
+    _, data, text = real_report
+    paused = by_path(data)["copying/T6_p0.5_s3"]
+    assert paused["state"] == "paused" and paused["epochs"] == 1 and paused["planned"] == 3
+    assert not paused["final"]
+    assert "paused, 1/3" in text
+    line = next(line for line in text.splitlines() if "| 3 | paused, 1/3 |" in line)
+    assert "(so far)" in line and "not reached (1 epochs so far)" in line
+    done = next(line for line in text.splitlines() if "| 1 | done, 3/3 |" in line)
+    assert "(so far)" not in done and "not reached |" in done
+
+
+def test_pngs_decode_with_the_expected_size(real_report):
+    out, data, text = real_report
+    assert data["figures"] == ["valid_accuracy.png", "transfer.png"]
+    # One panel each (one experiment, one trained delay): 7.5 inches at 100 dpi, and at least
+    # 4.2 inches high plus the legend under the panel.
+    curves = matplotlib.image.imread(out / "valid_accuracy.png")
+    assert curves.shape[1] == 750 and 420 <= curves.shape[0] <= 600 and curves.shape[2] in (3, 4)
+    transfer = matplotlib.image.imread(out / "transfer.png")
+    assert transfer.shape[1] == 750 and 420 <= transfer.shape[0] <= 600
+    assert curves.std() > 0.05 and transfer.std() > 0.05  # not blank
+    assert "](valid_accuracy.png)" in text and "](transfer.png)" in text
+
+
+def test_out_defaults_to_root_and_nothing_else_is_touched(real_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(real_root, root)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    assert report.main([str(root)]) == 0
+    new = {p for p in root.rglob("*")} - set(before)
+    assert {p.name for p in new} == {"report.md", "report.json", "valid_accuracy.png",
+                                     "transfer.png"} and all(p.parent == root for p in new)
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in before.items())
+
+
+def test_a_transfer_of_a_model_that_changed_since_is_marked_out_of_date(real_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(real_root / "copying" / "T6_p0.5_s1", root / "run")
+    with open(root / "run" / "best_model.pt", "ab") as handle:
+        handle.write(b"more")
+    data, text = run_report(root, tmp_path / "out")
+    assert by_path(data)["run"]["transfer"]["current"] is False
+    assert "out of date" in text
+
+
+# ----------------------------------------------------------------------------- hand-made runs
+
+def test_best_validation_seed_rule_and_mean_over_seeds(tmp_path):
+    root = tmp_path / "runs"
+    mnist = ["--p-detach", "0.25", "--n_epochs", "3"]
+    # seed 1: best valid 97 (epoch 2), test 95 there.
+    make_run(root / "s1", "pixelmnist", mnist + ["--seed", "1"], [90, 97, 96], [89, 95, None])
+    # seed 2: best valid 98 at epoch 1 (strict rule: the tie at epoch 2 does not move it), test
+    # 94 there: the lowest test accuracy, but the rule picks this seed.
+    make_run(root / "s2", "pixelmnist", mnist + ["--seed", "2"], [98, 98, 97.5], [94, None, None])
+    # seed 3: the highest test accuracy, not the best validation: not picked.
+    make_run(root / "s3", "pixelmnist", mnist + ["--seed", "3"], [96, 95, 96], [99, None, None])
+    data, text = run_report(root, tmp_path / "out")
+    runs = by_path(data)
+    assert runs["s2"]["best_epoch"] == 1 and runs["s2"]["test_accuracy"] == 94
+    [setting] = data["settings"]
+    assert setting["summary"]["best_valid_run"] == "s2"
+    assert setting["summary"]["test_accuracy_of_best_valid_run"] == 94
+    assert setting["summary"]["test_accuracy"]["mean"] == pytest.approx((95 + 94 + 99) / 3)
+    assert setting["summary"]["test_accuracy"]["sd"] == pytest.approx(
+        statistics.stdev([95, 94, 99]))
+    assert setting["summary"]["test_accuracy"]["n"] == 3
+    row = next(line for line in text.splitlines() if line.startswith("| MNIST | h-detach"))
+    assert "| 94.00 |" in row and "seed 2: 98.00 at epoch 1 (done, 3/3)" in row
+    assert "96.00 ± 2.65 (n = 3)" in row
+
+
+def test_best_seed_ties_go_to_the_lower_seed_and_unfinished_picks_are_not_final(tmp_path):
+    root = tmp_path / "runs"
+    mnist = ["--p-detach", "0.25", "--permute"]  # the paper's protocol: 200 epochs planned
+    make_run(root / "s7", "pixelmnist", mnist + ["--seed", "7"], [90, 92], [88, 91],
+             finished=False)
+    make_run(root / "s5", "pixelmnist", mnist + ["--seed", "5"], [92, 91], [90, None],
+             finished=False, state="stopped")
+    data, text = run_report(root, tmp_path / "out")
+    [setting] = data["settings"]
+    assert setting["protocol"] and setting["label"] == "h-detach p=0.25"
+    assert setting["summary"]["best_valid_run"] == "s5"
+    assert by_path(data)["s5"]["test_accuracy"] == 90
+    row = next(line for line in text.splitlines() if line.startswith("| pMNIST | h-detach"))
+    # The paper's number beside ours, which is labelled as not final.
+    assert "| 92.9 |" in row and "90.00 (not final)" in row and "stopped, 2/200" in row
+    assert "authors' README: 92.3 (seed 150)" in row
+
+
+def test_copying_first_epoch_at_99_and_the_copying_best_rule(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root / "a", "copying", ["--T", "100", "--seed", "3"], [50, 99.0, 98, 100, 100])
+    make_run(root / "b", "copying", ["--T", "100", "--seed", "4"], [50, 80, 80])
+    data, text = run_report(root, tmp_path / "out")
+    runs = by_path(data)
+    assert runs["a"]["first_epoch_solved"] == 2
+    # Copying keeps the model at an equal accuracy too: the last epoch with the best.
+    assert runs["a"]["best_epoch"] == 5 and runs["b"]["best_epoch"] == 3
+    assert runs["b"]["first_epoch_solved"] is None
+    [setting] = data["settings"]
+    assert setting["summary"]["solved"] == 1
+    assert setting["summary"]["first_epoch_solved"] == {"3": 2, "4": None}
+    row = next(line for line in text.splitlines() if line.startswith("| copying T=100 | vanilla"))
+    assert "1 of 2" in row and "| 2 |" in row and "paper: ~100 % for most seeds" in row
+
+
+def test_settings_are_kept_apart_and_labelled(tmp_path):
+    root = tmp_path / "runs"
+    base = ["--T", "100", "--p-detach", "0.25"]
+    make_run(root / "deep" / "er" / "h", "copying", base, [20, 30])
+    make_run(root / "lr", "copying", base + ["--lr", "5e-4"], [20, 40])
+    make_run(root / "c", "copying", base, [10, 20], edit=lambda a: a.update(detach="c"))
+    make_run(root / "noclip", "pixelmnist", ["--clip", "0", "--lr", "1e-4"], [10, 11],
+             [9, 10])
+    # A run made before --detach existed is h-detach: the same setting as an explicit "h".
+    make_run(root / "old", "copying", base + ["--seed", "4"], [25, 35],
+             edit=lambda a: a.pop("detach", None))
+    make_run(root / "new", "copying", base + ["--seed", "5"], [25, 36],
+             edit=lambda a: a.update(detach="h"))
+    # p <= 0 is plain BPTT, whatever its value.
+    make_run(root / "v0", "copying", ["--T", "100", "--p-detach", "0"], [20, 20])
+    make_run(root / "v1", "copying", ["--T", "100", "--seed", "9"], [20, 21])
+    # Every clip value <= 0 is no clipping: one setting.
+    make_run(root / "noclip2", "pixelmnist", ["--clip", "-1", "--lr", "1e-4", "--seed", "2"],
+             [10, 12], [9, 11])
+    # An argument this kit does not know (a newer kit's run) sets its run apart, by name.
+    make_run(root / "future", "copying", base, [25, 30], edit=lambda a: a.update(foo=1))
+    # Hidden folders (a scheduler's logs) are not runs.
+    make_run(root / ".slurm" / "x", "copying", base, [1, 2])
+    data, text = run_report(root, tmp_path / "out")
+    settings = {(s["experiment"], s["label"]): s["runs"] for s in data["settings"]}
+    assert settings == {
+        ("copying T=100", "vanilla"): ["v0", "v1"],
+        ("copying T=100", "h-detach p=0.25"): ["deep/er/h", "old", "new"],
+        ("copying T=100", "h-detach p=0.25 (lr=5e-4)"): ["lr"],
+        ("copying T=100, c-detach", "c-detach p=0.25"): ["c"],
+        ("copying T=100", "h-detach p=0.25 (foo=1)"): ["future"],
+        ("MNIST, no clipping, lr=1e-4", "vanilla"): ["noclip2", "noclip"],  # by seed
+    }
+    assert "MNIST, no clipping, lr=1e-4" in text and "~71 % at epoch 200" in text
+    assert ".slurm" not in json.dumps(data)
+
+
+def test_a_damaged_metrics_file_is_named_and_the_rest_is_written(real_root, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(real_root, root)
+    damaged = root / "copying" / "T6_p0.5_s2" / "metrics.csv"
+    damaged.write_text("epoch,valid_accuracy\n1,abc\n")
+    data, text = run_report(root, tmp_path / "out")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(damaged) in err[0] and err[0].startswith("warning: ")
+    assert "copying/T6_p0.5_s2" not in by_path(data) and len(data["runs"]) == 3
+    assert data["skipped"][0]["path"] == "copying/T6_p0.5_s2"
+    assert "copying/T6_p0.5_s2" in text and "Left out" in text
+    assert (tmp_path / "out" / "valid_accuracy.png").stat().st_size > 0
+
+
+def test_a_damaged_config_is_named_and_the_rest_is_written(tmp_path, capsys):
+    root = tmp_path / "runs"
+    make_run(root / "good", "copying", ["--T", "100"], [20, 30])
+    bad = make_run(root / "bad", "copying", ["--T", "100"], [20, 30]) / "config.json"
+    bad.write_text("{")
+    data, text = run_report(root, tmp_path / "out")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]
+    assert list(by_path(data)) == ["good"]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_an_empty_root_is_one_line_and_nothing_is_written(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    err = one_line_error(capsys, [tmp_path / "empty", "--out", tmp_path / "out"])
+    assert "holds no files" in err
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "empty").iterdir())
+
+
+def test_a_folder_of_foreign_files_is_one_line(tmp_path, capsys):
+    (tmp_path / "root" / "sub").mkdir(parents=True)
+    (tmp_path / "root" / "notes.txt").write_text("hello")
+    (tmp_path / "root" / "sub" / "data.bin").write_bytes(b"\0")
+    err = one_line_error(capsys, [tmp_path / "root"])
+    assert "no run folder" in err
+    assert sorted(p.name for p in (tmp_path / "root").rglob("*")) == ["data.bin", "notes.txt",
+                                                                     "sub"]
+
+
+def test_a_root_that_is_not_a_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert "is not a folder" in one_line_error(capsys, [tmp_path / "file"])
+    assert "does not exist" in one_line_error(capsys, [tmp_path / "missing"])
+
+
+def test_only_damaged_runs_is_one_line_after_the_warnings(tmp_path, capsys):
+    bad = make_run(tmp_path / "runs" / "bad", "copying", ["--T", "100"], [20]) / "metrics.csv"
+    bad.write_text("nonsense")
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and str(bad) in err[0] and err[1].startswith("error: ")
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- --readme
+
+README = ("# Title\n\nSome prose, kept as it is.\n\n" + report.BEGIN + "\nold numbers\n"
+          + report.END + "\n\nMore prose \u2713 after the block.\n")
+
+
+def test_readme_flag_replaces_only_the_marked_block(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root / "a", "copying", ["--T", "100", "--p-detach", "0.5"], [20, 99.5])
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    run_report(root, tmp_path / "results", "--readme", readme)
+    text = readme.read_text()
+    head, tail = README.split("old numbers\n")
+    assert text.startswith(head) and text.endswith(tail)
+    block = text[len(head):-len(tail)]
+    assert "old numbers" not in block and "### Copying" in block
+    assert "](results/valid_accuracy.png)" in block  # figure links relative to the README
+    assert "| copying T=100 | h-detach p=0.5 |" in block
+    # Regenerating from the same runs gives the same file.
+    run_report(root, tmp_path / "results", "--readme", readme)
+    assert readme.read_text() == text
+
+
+@pytest.mark.parametrize("content", ["no markers\n", report.END + "\n" + report.BEGIN + "\n",
+                                     report.BEGIN + "\n" + report.BEGIN + "\n" + report.END])
+def test_readme_without_its_markers_is_one_line_and_nothing_is_written(tmp_path, capsys,
+                                                                       content):
+    root = tmp_path / "runs"
+    make_run(root / "a", "copying", ["--T", "100"], [20])
+    readme = tmp_path / "README.md"
+    readme.write_text(content)
+    err = one_line_error(capsys, [root, "--out", tmp_path / "out", "--readme", readme])
+    assert "report:begin" in err
+    assert readme.read_text() == content and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the references
+
+def test_reference_table_is_consistent():
+    experiments = {"copying T=100", "copying T=300", "MNIST", "pMNIST", "transfer T=100",
+                   "copying T=100, c-detach", "MNIST, c-detach", "MNIST, no clipping, lr=5e-4",
+                   "MNIST, no clipping, lr=1e-4"}
+    labels = {"vanilla", "h-detach p=0.25", "h-detach p=0.5", "c-detach p=0.25", None}
+    for ref in report.REFERENCE:
+        assert ref.source in report.SOURCES and ref.experiment in experiments, ref
+        assert ref.setting in labels, ref
+        if ref.value is not None and ref.kind != "solved_at":
+            assert f"{ref.value:g}" in ref.text, ref
+    # The names the reference table uses are the ones the report gives runs.
+    args = report.normalise_args("pixelmnist", {"clip": 0.0, "lr": 5e-4, "p_detach": 0.25})
+    assert report.experiment_name("pixelmnist", args) == "MNIST, no clipping, lr=5e-4"
+    assert report.base_label(args) == "h-detach p=0.25"
+    args = report.normalise_args("copying", {"T": 100, "p_detach": 0.25, "detach": "c"})
+    assert report.experiment_name("copying", args) == "copying T=100, c-detach"
+    assert report.base_label(args) == "c-detach p=0.25"
+    paper = [ref for ref in report.REFERENCE if ref.kind == "transfer"]
+    assert len(paper) == 18 and {ref.at for ref in paper} == set(report.TRANSFER_T)
