@@ -154,6 +154,12 @@ REFERENCE = (
 MAIN_EXPERIMENTS = ("copying T=100", "copying T=300", "MNIST", "pMNIST")
 
 
+def reference_settings(experiment):
+    """The settings an experiment's references are about: vanilla, then by p, c-detach last."""
+    bases = {ref.setting for ref in references(experiment) if ref.setting is not None}
+    return sorted(bases, key=lambda base: (base != "vanilla", base.startswith("c"), base))
+
+
 def references(experiment, setting="any", kind=None, source=None):
     return [ref for ref in REFERENCE if ref.experiment == experiment
             and (setting == "any" or ref.setting == setting)
@@ -567,8 +573,7 @@ def mnist_section(settings, experiments):
                          runs_text(setting["runs"]),
                          others])
         # The paper's settings that no run has measured yet keep their row.
-        for base in dict.fromkeys(ref.setting for ref in references(experiment)
-                                  if ref.setting is not None):
+        for base in reference_settings(experiment):
             if any(s["base"] == base and s["protocol"] for s in present):
                 continue
             paper = references(experiment, base, "test_accuracy", PAPER)
@@ -618,8 +623,7 @@ def copying_section(settings, experiments):
                                                                    " (so far)"),
                                 run["best_epoch"] if run["best_epoch"] is not None else "—",
                                 solved_text(run)])
-        for base in dict.fromkeys(ref.setting for ref in references(experiment)
-                                  if ref.setting is not None):
+        for base in reference_settings(experiment):
             if not any(s["base"] == base and s["protocol"] for s in present):
                 rows.append([experiment, base, "not measured", "", "", "",
                              "; ".join(f"{ref.source}: {ref.text}"
@@ -763,6 +767,8 @@ PALETTE = ("tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:g
 
 # Flat reference lines: the line style tells the source.
 SOURCE_STYLES = {PAPER: ":", AUTHORS: "-.", REPRO: "--"}
+# Reference points: the marker tells the source (filled: reached ~100 %; open: a reading).
+SOURCE_MARKERS = {PAPER: "*", AUTHORS: "s", REPRO: "D"}
 
 
 def colours_for(labels, bases):
@@ -860,14 +866,19 @@ def zoom_range(experiment, present):
 
 
 def draw_references(ax, experiment, present, colours, right, labels=True):
-    """The references of an experiment: reported test accuracies as dotted lines, best or
-    upper bounds as dashed lines, curve readings as diamonds, 'solved at' as stars with the
-    epoch range."""
+    """The references of an experiment: reported test accuracies, bests and upper bounds as
+    flat lines (style by source), curve readings as open markers, 'reached ~100 % at' as
+    filled markers with the epoch range (marker by source)."""
     by_base = {s["base"]: colours[s["label"]] for s in present if s["protocol"]}
+    used = set(colours.values())
     for ref in references(experiment):
         if ref.value is None:
             continue
-        colour = by_base.get(ref.setting, "tab:gray")
+        colour = by_base.get(ref.setting)
+        if colour is None:
+            # A setting no run of ours has: its usual colour if free, grey otherwise.
+            usual = CANONICAL_COLOURS.get(ref.setting)
+            colour = usual if usual and usual not in used else "tab:gray"
         label = f"{ref.source}: {ref.setting or experiment} {ref.text}" if labels else None
         if ref.kind in ("test_accuracy", "valid_max") and ref.at is None:
             style = SOURCE_STYLES[ref.source]
@@ -880,12 +891,14 @@ def draw_references(ax, experiment, present, colours, right, labels=True):
                     label=label)
             right = max(right, ref.at)
         elif ref.kind == "valid_at":
-            ax.plot(ref.at, ref.value, "D", color=colour, mfc="none", ms=7, label=label)
+            ax.plot(ref.at, ref.value, SOURCE_MARKERS[ref.source], color=colour, mfc="none",
+                    ms=7, mew=1.5, label=label)
             right = max(right, ref.at)
         elif ref.kind == "solved_at":
             low, high = ref.at if isinstance(ref.at, tuple) else (ref.at, ref.at)
-            ax.errorbar((low + high) / 2, ref.value, xerr=(high - low) / 2 or None, fmt="*",
-                        color=colour, ms=11, mec="black", mew=0.5, capsize=3, label=label)
+            ax.errorbar((low + high) / 2, ref.value, xerr=(high - low) / 2 or None,
+                        fmt=SOURCE_MARKERS[ref.source],
+                        color=colour, ms=9, mec="black", mew=0.5, capsize=3, label=label)
             right = max(right, high)
     return right
 
