@@ -448,8 +448,10 @@ def experiment_order(name):
 
 
 def setting_order(setting):
+    """Vanilla first, then h-detach by p, then c-detach; a setting or a run (its setting's)."""
     args = setting["args"]
-    return (args["p_detach"] > 0, args.get("detach") == "c", args["p_detach"], setting["label"])
+    label = setting["label"] if "label" in setting else setting["setting"]
+    return (args["p_detach"] > 0, args.get("detach") == "c", args["p_detach"], label)
 
 
 def completeness(run):
@@ -671,7 +673,7 @@ def transfer_section(runs):
                 values = {ref.at: ref.text for ref in references("transfer T=100", base)}
                 rows.append([f"{base} (paper)", "", "", *(values.get(d, "") for d in delays),
                              ""])
-        for run in sorted(members, key=lambda r: (setting_order_of(r), r["seed"] or 0)):
+        for run in sorted(members, key=lambda r: (setting_order(r), r["seed"] or 0)):
             transfer = run["transfer"]
             model = f"{transfer['checkpoint_epoch']}"
             if not transfer["current"]:
@@ -691,15 +693,10 @@ def transfer_section(runs):
     return lines[:-1]
 
 
-def setting_order_of(run):
-    args = run["args"]
-    return (args["p_detach"] > 0, args.get("detach") == "c", args["p_detach"], run["setting"])
-
-
 def runs_section(runs):
     rows = []
     for run in sorted(runs, key=lambda r: (experiment_order(r["experiment"]),
-                                           setting_order_of(r), r["seed"] or 0)):
+                                           setting_order(r), r["seed"] or 0)):
         elapsed = "" if run["elapsed_s"] is None else f"{run['elapsed_s'] / 3600:.1f}"
         rows.append([run["path"], run["experiment"], run["setting"], run["seed"],
                      run["state"], f"{run['epochs']}/{run['planned']}", run["device"] or "?",
@@ -742,7 +739,8 @@ def markdown_body(data, figures, h, figure_dir, root):
               "c-detach (the cell state c is detached instead of h, same p) and training "
               "without gradient clipping. Pixel-MNIST ablations: test accuracy as above.", ""]
     lines += mnist_section(settings, [e for e in ablations if not e.startswith("copying")])
-    lines += [""] + copying_section(settings, [e for e in ablations if e.startswith("copying")]) + [""]
+    copying_ablations = [e for e in ablations if e.startswith("copying")]
+    lines += [""] + copying_section(settings, copying_ablations) + [""]
     lines += [f"{h} Figures", ""]
     for name, caption in figures:
         link = os.path.join(figure_dir, name).replace(os.sep, "/") if figure_dir else name
@@ -915,7 +913,7 @@ def transfer_figure(runs, path):
                              squeeze=False, layout="constrained")
     for ax, (trained, members) in zip(axes.flat, groups.items()):
         labels = list(dict.fromkeys(run["setting"] for run in sorted(members,
-                                                                     key=setting_order_of)))
+                                                                     key=setting_order)))
         bases = [next(r["base"] for r in members if r["setting"] == label) for label in labels]
         paper_bases = ["vanilla", "h-detach p=0.5", "h-detach p=0.25"] if trained == 100 else []
         colours = colours_for(labels, bases)
@@ -926,7 +924,7 @@ def transfer_figure(runs, path):
             colour = protocol.get(base, CANONICAL_COLOURS.get(base, "tab:gray"))
             ax.plot([r.at for r in refs], [r.value for r in refs], "s--", color=colour,
                     alpha=0.6, lw=1, ms=4, label=f"paper: {base}")
-        for run in sorted(members, key=lambda r: (setting_order_of(r), r["seed"] or 0)):
+        for run in sorted(members, key=lambda r: (setting_order(r), r["seed"] or 0)):
             transfer = run["transfer"]
             delays = [int(d) for d in transfer["accuracy"]]
             note = "" if run["final"] else f", run {completeness(run)}"

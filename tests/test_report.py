@@ -63,7 +63,8 @@ def make_run(folder, task, argv, valid, test=None, finished=True, state="paused"
 
 def run_report(root, out, *extra):
     assert report.main([str(root), "--out", str(out), *map(str, extra)]) == 0
-    return json.loads((Path(out) / "report.json").read_text()), (Path(out) / "report.md").read_text()
+    out = Path(out)
+    return json.loads((out / "report.json").read_text()), (out / "report.md").read_text()
 
 
 def by_path(data):
