@@ -7,6 +7,7 @@ is done or paused at ``--until-epoch``.
 
 To add a grid, write a function that returns a ``Grid`` and add it to ``GRIDS``.
 """
+import os
 from dataclasses import dataclass
 
 # The paper's transfer delays (trained at T = 100).
@@ -147,8 +148,34 @@ GRIDS = {"paper-copying": paper_copying, "paper-transfer": paper_transfer,
          "campaign-copying": campaign_copying, "smoke": smoke}
 
 
-def get_grid(name):
+def catalog(grids_file=None):
+    """The known grids (name -> function returning a ``Grid``): ours, plus those a user's
+    Python file defines in a ``GRIDS`` dict of its own (``sweep.py --grids FILE``), so that a
+    new grid needs no edit of the kit. A user's grid may reuse our names for its runs."""
+    known = dict(GRIDS)
+    if grids_file is None:
+        return known
+    import runpy
+    if not os.path.isfile(grids_file):
+        raise ValueError(f"--grids {grids_file}: no such file")
+    try:
+        extra = runpy.run_path(grids_file).get("GRIDS")
+    except Exception as err:  # the user's file: any error is theirs to see, in one line
+        raise ValueError(f"--grids {grids_file} could not be loaded: "
+                         f"{type(err).__name__}: {err}") from None
+    if not isinstance(extra, dict) or not all(callable(make) for make in extra.values()):
+        raise ValueError(f"--grids {grids_file} must define GRIDS, a dict of name -> function "
+                         "returning a grids.Grid")
+    known.update(extra)
+    return known
+
+
+def get_grid(name, known=None):
     """The grid called ``name``; a ``KeyError`` naming the known grids otherwise."""
-    if name not in GRIDS:
-        raise KeyError(f"unknown grid {name!r}; known grids: {', '.join(GRIDS)}")
-    return GRIDS[name]()
+    known = GRIDS if known is None else known
+    if name not in known:
+        raise KeyError(f"unknown grid {name!r}; known grids: {', '.join(known)}")
+    grid = known[name]()
+    if not isinstance(grid, Grid):
+        raise KeyError(f"grid {name!r} is not a grids.Grid")
+    return grid

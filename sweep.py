@@ -22,7 +22,7 @@ import time
 
 from tqdm import tqdm
 
-from grids import GRIDS, get_grid
+from grids import GRIDS, catalog, get_grid
 from runfolder import DamagedFile, RunFolder, atomic_write, file_sha256
 from utils import ArgParser, UsageError, non_negative_int, positive_int, report_errors
 
@@ -68,6 +68,8 @@ def build_parser():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("grid", metavar="GRID", help=f"one of: {', '.join(GRIDS)}")
         sub.flag("--root", default="runs", help="where the run folders go (default runs)")
+        sub.flag("--grids", default=None, metavar="FILE",
+                 help="a Python file whose GRIDS dict adds grids of your own (see grids.py)")
         return sub
 
     listing = command("list", "print one full command per unfinished run, nothing run")
@@ -102,6 +104,7 @@ def build_parser():
     task = commands.add_parser("slurm-task")
     task.add_argument("grid")
     task.flag("--root", required=True)
+    task.flag("--grids", default=None)
     task.flag("--tasks-file", required=True)
     task.flag("--index", type=int, required=True)
     task.flag("--until-epoch", type=positive_int, default=None)
@@ -113,8 +116,9 @@ def build_parser():
 class Plan:
     """A grid under a root: what each run needs (``state``) and the command that does it."""
 
-    def __init__(self, grid, root, until_epoch=None):
+    def __init__(self, grid, root, until_epoch=None, known=None):
         self.grid, self.root = grid, root
+        self.known = known or GRIDS
         self.until = until_epoch if until_epoch is not None else grid.until_epoch
         self.by_name = {run.name: run for run in grid.runs}
 
@@ -144,7 +148,7 @@ class Plan:
     def model_ready(self, run):
         """Whether the model a transfer run tests is there to test (its training run done or
         paused at the --until-epoch in force), and the model run's state."""
-        model = self.by_name.get(run.model) or _run_named(run.model)
+        model = self.by_name.get(run.model) or self._run_named(run.model)
         state, _ = self.training_state(model)
         return state in ("done", "reached"), state
 
@@ -168,6 +172,13 @@ class Plan:
                 return "done", {"message": f"model of epoch {data.get('checkpoint_epoch')}"}
         return "start", {}
 
+    def _run_named(self, name):
+        for make in self.known.values():
+            for run in make().runs:
+                if run.name == name:
+                    return run
+        raise UsageError(f"transfer run of {name}: no grid defines that training run")
+
     def state(self, run):
         return self.transfer_state(run) if run.is_transfer else self.training_state(run)
 
@@ -184,14 +195,6 @@ class Plan:
         return [python, script, *run.args, "--save-dir", folder, *extra, *until]
 
 
-def _run_named(name):
-    for make in GRIDS.values():
-        for run in make().runs:
-            if run.name == name:
-                return run
-    raise KeyError(name)
-
-
 def _transfer_delays(run):
     args = list(run.args)
     start = args.index("--T") + 1
@@ -205,12 +208,13 @@ def _transfer_delays(run):
 
 def open_plan(args):
     try:
-        grid = get_grid(args.grid)
-    except KeyError as err:
+        known = catalog(args.grids)
+        grid = get_grid(args.grid, known)
+    except (KeyError, ValueError) as err:
         raise UsageError(err.args[0]) from None
     if os.path.exists(args.root) and not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root} exists and is not a folder")
-    return Plan(grid, args.root, getattr(args, "until_epoch", None))
+    return Plan(grid, args.root, getattr(args, "until_epoch", None), known)
 
 
 def describe(info):
@@ -465,6 +469,7 @@ def cmd_run(args):
     sweep.go()
     again = shlex.join(["python", "sweep.py", "run", plan.grid.name, "--root", plan.root,
                         "--jobs", str(args.jobs)]
+                       + (["--grids", args.grids] if args.grids else [])
                        + (["--until-epoch", str(args.until_epoch)] if args.until_epoch else []))
     if sweep.stop_reason:
         print(f"stopped ({sweep.stop_reason}); every run saved its state. Continue with:\n"
@@ -524,8 +529,9 @@ def batch_script(plan, args, tasks_file, count):
     if args.partition:
         lines.append(f"#SBATCH --partition={args.partition}")
     until = ["--until-epoch", str(plan.until)] if plan.until else []
+    grids = ["--grids", os.path.abspath(args.grids)] if args.grids else []
     task = [sys.executable, os.path.join(KIT_DIR, "sweep.py"), "slurm-task", plan.grid.name,
-            "--root", root, "--tasks-file", tasks_file, *until]
+            "--root", root, "--tasks-file", tasks_file, *grids, *until]
     lines += [
         "",
         "# One task of the array: the runs on line SLURM_ARRAY_TASK_ID of the tasks file.",
@@ -621,12 +627,14 @@ def cmd_slurm_task(args):
             if "signal" in received:  # arrived between runs
                 child.send_signal(signal.SIGTERM)
             code = child.wait()
+        if "signal" in received:
+            # Stopped by our SIGTERM: a training run saved its last.pt (exit 0); a transfer run
+            # or a run still loading was killed (-SIGTERM) and simply runs again.
+            break
         if code != 0:
             print(f"{name}: failed (exit {code}): "
                   f"{last_line(os.path.join(folder, run.log_name))}", flush=True)
             return 1
-        if "signal" in received:
-            break
     if "signal" in received:
         job = os.environ.get("SLURM_ARRAY_JOB_ID")
         task_id = os.environ.get("SLURM_ARRAY_TASK_ID")

@@ -1,0 +1,420 @@
+"""sweep.py and grids.py: the grids as data, list / run / status / slurm, for real on the smoke
+grid (and on small grids of the test's own, given with --grids)."""
+import json
+import os
+import shlex
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import copying
+import grids
+import pixelmnist
+import runfolder
+import sweep
+import transfer_copy
+from utils import epochs_without_detach
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_MODELS = ["copying/T10_vanilla_s3", "copying/T10_p0.25_s3", "copying/T10_p0.5_s3"]
+
+
+def run_sweep(*argv):
+    return sweep.main([str(a) for a in argv])
+
+
+def one_line_error(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        run_sweep(*argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    return err
+
+
+def outcome(folder):
+    """What must be equal between two runs of the same command: results (without wall time),
+    metrics.csv (without elapsed seconds) and the transfer rows."""
+    folder = Path(folder)
+    results = json.loads((folder / "results.json").read_text())
+    results.pop("wall_time_s")
+    metrics = [{k: v for k, v in row.items() if k != "elapsed_s"}
+               for row in runfolder.read_metrics(str(folder / "metrics.csv"))]
+    transfer = json.loads((folder / "transfer.json").read_text())
+    return results, metrics, transfer["results"], transfer["checkpoint_epoch"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The smoke grid run once, uninterrupted, two at a time: the reference. Records how many
+    runs were going each time one was launched."""
+    root = tmp_path_factory.mktemp("smoke") / "runs"
+    concurrent, launch = [], sweep.LocalSweep.launch
+
+    def counting(self, run, state):
+        launch(self, run, state)
+        concurrent.append(len(self.running))
+    sweep.LocalSweep.launch = counting
+    try:
+        assert run_sweep("run", "smoke", "--root", root, "--jobs", 2) == 0
+    finally:
+        sweep.LocalSweep.launch = launch
+    return root, concurrent
+
+
+@pytest.fixture(scope="module")
+def smoke_root(smoke_run):
+    return smoke_run[0]
+
+
+# ----------------------------------------------------------------------------- the grids
+
+def test_grids_are_the_papers():
+    names = [run.name for make in grids.GRIDS.values() for run in make().runs]
+    for name, make in grids.GRIDS.items():
+        grid = make()
+        assert grid.name == name and grid.runs
+        assert len({run.name for run in grid.runs}) == len(grid.runs), name  # stable, unique
+    assert all(":" not in n or n.endswith(":transfer") for n in names)
+    copying_runs = grids.get_grid("paper-copying").runs
+    settings = {(r.args[r.args.index("--T") + 1], "--p-detach" in r.args and
+                 r.args[r.args.index("--p-detach") + 1]) for r in copying_runs}
+    assert settings == {(T, p) for T in ("100", "300") for p in (False, "0.25", "0.5")}
+    seeds = {r.args[r.args.index("--seed") + 1] for r in copying_runs}
+    assert "3" in seeds and len(seeds) >= 5
+    transfer = grids.get_grid("paper-transfer").runs
+    assert sorted(r.model for r in transfer) == sorted(
+        r.name for r in copying_runs if "/T100_" in r.name)
+    assert all(sweep._transfer_delays(r) == [200, 400, 500, 1000, 2000, 5000]
+               for r in transfer)
+    mnist = grids.get_grid("paper-mnist").runs
+    assert {"250", "150", "400"} <= {r.args[r.args.index("--seed") + 1] for r in mnist}
+    assert sum("--permute" in r.args for r in mnist) == len(mnist) // 2 == 10
+    paper = grids.get_grid("paper").runs
+    for part in ("paper-copying", "paper-transfer", "paper-mnist", "paper-ablations"):
+        assert set(grids.get_grid(part).runs) <= set(paper)
+
+
+def test_every_grid_command_parses_with_its_script(tmp_path):
+    parsers = {"copying.py": copying.build_parser(), "pixelmnist.py": pixelmnist.build_parser(),
+               "transfer_copy.py": transfer_copy.build_parser()}
+    for make in grids.GRIDS.values():
+        plan = sweep.Plan(make(), str(tmp_path))
+        for run in plan.grid.runs:
+            command = plan.command(run, "start")
+            assert command[0] == "python"
+            parsers[os.path.basename(command[1])].parse_args(command[2:])
+
+
+def test_smoke_and_campaign_settings():
+    smoke = grids.get_grid("smoke")
+    for run in smoke.runs:
+        if run.is_transfer:
+            continue
+        args = copying.build_parser().parse_args([*run.args, "--save-dir", "x"])
+        # Its h-detach runs do detach: annealing is off for under half of the epochs.
+        assert 2 * epochs_without_detach(args.n_epochs, args.anneal_p) <= args.n_epochs
+    campaign = grids.get_grid("campaign-copying")
+    assert campaign.until_epoch == 200
+    trained = [copying.build_parser().parse_args([*r.args, "--save-dir", "x"])
+               for r in campaign.runs if not r.is_transfer]
+    assert sorted(a.p_detach for a in trained) == [-1, 0.25, 0.5]
+    for a in trained:
+        assert (a.T, a.seed, a.n_epochs, a.anneal_p, a.lstm_size, a.batch_size, a.lr, a.clip,
+                a.impl, a.device) == (100, 3, 600, 40, 128, 100, 1e-3, 1.0, "fast", "cpu")
+    assert sum(r.is_transfer for r in campaign.runs) == 3
+
+
+# ----------------------------------------------------------------------------- list, status
+
+def test_list_prints_one_command_per_unfinished_run(smoke_root, tmp_path, capsys):
+    assert run_sweep("list", "smoke", "--root", tmp_path / "new") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 6 and not (tmp_path / "new").exists()  # nothing run or made
+    first = shlex.split(lines[0])
+    assert first[:2] == ["python", os.path.relpath(ROOT / "copying.py")]
+    assert first[-2:] == ["--save-dir", str(tmp_path / "new" / SMOKE_MODELS[0])]
+    assert shlex.split(lines[3])[2:4] == ["--model-dir", str(tmp_path / "new" / SMOKE_MODELS[0])]
+    # Done runs are left out; --all lists them.
+    assert run_sweep("list", "smoke", "--root", smoke_root) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "6 run(s) done" in captured.err
+    assert run_sweep("list", "smoke", "--root", smoke_root, "--all") == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 6
+
+
+def test_status_of_a_finished_grid(smoke_root, capsys):
+    assert run_sweep("status", "smoke", "--root", smoke_root) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:2] == ["run", "state"]
+    for model in SMOKE_MODELS:
+        row = next(line for line in lines if line.startswith(model + " "))
+        metrics = runfolder.read_metrics(str(smoke_root / model / "metrics.csv"))
+        best = max(m["valid_accuracy"] for m in metrics)
+        assert row.split()[1:4] == ["done", "4/4", f"{best:.2f}"]
+    assert lines[-1] == "6 runs: 6 done"
+
+
+def test_status_paused_stopped_and_not_started(tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert run_sweep("run", "smoke", "--root", root, "--until-epoch", 2, "--jobs", 2) == 0
+    out = capsys.readouterr().out
+    assert out.count("paused  copying/") == 3
+    assert run_sweep("status", "smoke", "--root", root) == 0
+    out = capsys.readouterr().out
+    assert out.count("paused at epoch 2 of 4  2/4") == 3
+    # Transfer runs went after their models paused at --until-epoch, on those models.
+    for model in SMOKE_MODELS:
+        data = json.loads((root / model / "transfer.json").read_text())
+        best = runfolder.load_checkpoint(str(root / model / "best_model.pt"))
+        assert data["checkpoint_epoch"] == best["epoch"] <= 2
+    # Without --until-epoch they continue to the end; a transfer is measured again when its
+    # best_model.pt changed, and only then.
+    (root / SMOKE_MODELS[0] / "transfer.json").write_text(json.dumps(dict(
+        json.loads((root / SMOKE_MODELS[0] / "transfer.json").read_text()),
+        checkpoint_sha256="of an older best_model.pt")))
+    assert run_sweep("run", "smoke", "--root", root, "--jobs", 2) == 0
+    out = capsys.readouterr().out
+    assert f"start  {SMOKE_MODELS[0]}:transfer" in out
+    for model in SMOKE_MODELS:
+        assert runfolder.RunFolder(str(root / model)).status()["state"] == "done"
+        data = json.loads((root / model / "transfer.json").read_text())
+        assert data["checkpoint_sha256"] == runfolder.file_sha256(str(root / model /
+                                                                      "best_model.pt"))
+    assert run_sweep("status", "smoke", "--root", tmp_path / "empty") == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        "6 runs: 3 not started, 3 waiting for its model"
+
+
+# ----------------------------------------------------------------------------- run locally
+
+def test_run_respects_jobs_and_skips_what_is_done(smoke_run, capsys, monkeypatch):
+    root, concurrent = smoke_run
+    assert len(concurrent) == 6 and max(concurrent) == 2
+    assert (root / SMOKE_MODELS[0] / "train.log").read_text().startswith("== ")
+    for model in SMOKE_MODELS:
+        assert runfolder.RunFolder(str(root / model)).status()["state"] == "done"
+    launched = []
+    monkeypatch.setattr(sweep.LocalSweep, "launch", lambda self, run, state: launched.append(run))
+    assert run_sweep("run", "smoke", "--root", root) == 0
+    assert launched == [] and "nothing to do" in capsys.readouterr().out
+
+
+def test_time_limit_then_sigint_then_finish_is_exact(smoke_root, tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert run_sweep("run", "smoke", "--root", root, "--jobs", 2, "--time-limit", "4s") == 0
+    out = capsys.readouterr().out
+    assert "time limit: stopping" in out and "Continue with:" in out
+    assert f"python sweep.py run smoke --root {root} --jobs 2" in out
+    states = [runfolder.RunFolder(str(root / m)).status()["state"] for m in SMOKE_MODELS]
+    assert "done" not in states[1:]  # the third had not started
+    # A second call, stopped by Ctrl-C (SIGINT to the sweep) once a run has a checkpoint.
+    proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "run", "smoke", "--root",
+                             str(root), "--jobs", "2"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not any((root / m / "last.pt").exists() for m in SMOKE_MODELS[1:]):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "SIGINT: stopping" in out and "Continue with:" in out
+    assert not list(root.rglob("*.tmp"))
+    # The third call finishes every run with the numbers of the uninterrupted reference.
+    assert run_sweep("run", "smoke", "--root", root, "--jobs", 2) == 0
+    for model in SMOKE_MODELS:
+        assert outcome(root / model) == outcome(smoke_root / model), model
+
+
+GRID_FILE = '''
+from grids import Grid, copying_run, transfer_run
+
+TINY = dict(train_size=60, test_size=40, batch_size=20, lstm_size=8, n_epochs=2, anneal_p=1,
+            device="cpu")
+
+
+def failing():
+    good = copying_run("c", 6, 0.5, 3, **TINY)
+    bad = copying_run("c", 6, 0.5, 4, **dict(TINY, train_size=5))  # fewer than a batch
+    return Grid("failing", "one bad run", (bad, good, transfer_run(bad, delays=(8,))))
+
+
+def slow():
+    model = copying_run("c", 30, 0.5, 3, **dict(TINY, train_size=6000, lstm_size=16,
+                                                 n_epochs=3))
+    return Grid("slow", "a run long enough to be signalled",
+                (model, transfer_run(model, delays=(40,), test_size=40)))
+
+
+GRIDS = {"failing": failing, "slow": slow}
+'''
+
+
+@pytest.fixture
+def grid_file(tmp_path):
+    path = tmp_path / "my_grids.py"
+    path.write_text(GRID_FILE)
+    return path
+
+
+def test_a_failed_run_is_reported_and_the_others_finish(grid_file, tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert run_sweep("run", "failing", "--root", root, "--grids", grid_file, "--jobs", 2) == 1
+    out = capsys.readouterr().out
+    assert "FAILED  c/T6_p0.5_s4 (exit 2): error: --train-size (5) must be at least " \
+           "--batch-size (20)" in out
+    assert "skip  c/T6_p0.5_s4:transfer: model c/T6_p0.5_s4: not started" in out
+    assert "1 failed: c/T6_p0.5_s4" in out
+    assert (root / "c/T6_p0.5_s3/results.json").exists()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("argv, contains", [
+    (["run", "nope"], "unknown grid 'nope'"),
+    (["list", "nope"], "unknown grid"),
+    (["run", "smoke", "--jobs", "0"], "at least 1"),
+    (["run", "smoke", "--jobs", "two"], "whole number"),
+    (["run", "smoke", "--time-limit", "soon"], "duration"),
+    (["run", "smoke", "--time-limit", "0"], "above 0"),
+    (["run", "smoke", "--partition", "gpu"], "unrecognized arguments: --partition"),
+    (["run", "smoke", "--max-parallel", "2"], "unrecognized arguments"),
+    (["slurm", "smoke", "--time", "2h"], "HH:MM:SS"),
+    (["run", "smoke", "--grids", "missing.py"], "no such file"),
+])
+def test_bad_input_is_one_line_and_starts_nothing(tmp_path, capsys, monkeypatch, argv,
+                                                  contains):
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error(capsys, [*argv, "--root", tmp_path / "runs"])
+    assert contains in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_root_that_is_a_file(tmp_path, capsys):
+    path = tmp_path / "runs"
+    path.write_text("not a folder")
+    for command in ("run", "list", "status", "slurm"):
+        assert "is not a folder" in one_line_error(capsys, [command, "smoke", "--root", path])
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+STAND_IN_SBATCH = '''#!{python}
+"""Stand-in sbatch: records the script, starts every array task in the background with the
+environment SLURM gives a task, prints the job id (--parsable)."""
+import os, re, subprocess, sys
+record = os.environ["SLURM_RECORD"]
+script = sys.argv[-1]
+text = open(script).read()
+open(os.path.join(record, "script.sh"), "w").write(text)
+first, last = map(int, re.search(r"#SBATCH --array=(\\d+)-(\\d+)", text).groups())
+for task in range(first, last + 1):
+    env = dict(os.environ, SLURM_JOB_ID=str(4243 + task), SLURM_ARRAY_JOB_ID="4242",
+               SLURM_ARRAY_TASK_ID=str(task), SLURM_CPUS_PER_TASK="1")
+    log = open(os.path.join(record, f"task{{task}}.out"), "a")
+    proc = subprocess.Popen(["bash", script], env=env, stdout=log, stderr=subprocess.STDOUT)
+    open(os.path.join(record, f"task{{task}}.pid"), "w").write(str(proc.pid))
+print("4242")
+'''
+STAND_IN_SCONTROL = '''#!/bin/sh
+echo "$@" >> "$SLURM_RECORD/scontrol.calls"
+'''
+
+
+def install_stand_ins(tmp_path, monkeypatch):
+    bin_dir, record = tmp_path / "bin", tmp_path / "record"
+    bin_dir.mkdir()
+    record.mkdir()
+    for name, text in (("sbatch", STAND_IN_SBATCH.format(python=sys.executable)),
+                       ("scontrol", STAND_IN_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_RECORD", str(record))
+    return record
+
+
+def test_slurm_dry_run_prints_a_valid_script(smoke_root, tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert run_sweep("slurm", "smoke", "--root", root, "--partition", "gpu", "--time",
+                     "01:00:00", "--max-parallel", 2, "--gpus-per-task", 1, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert not root.exists()  # nothing written
+    script = out.split("# tasks")[0]
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --requeue", "#SBATCH --open-mode=append",
+                 "#SBATCH --signal=B:TERM@", "#SBATCH --partition=gpu",
+                 "#SBATCH --time=01:00:00", "#SBATCH --gpus-per-task=1"):
+        assert line in script
+    (tmp_path / "job.sh").write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "job.sh")]).returncode == 0
+    # One task per unfinished training run, with its transfer run in the same task.
+    assert "#   0: copying/T10_vanilla_s3 copying/T10_vanilla_s3:transfer" in out
+    assert run_sweep("slurm", "smoke", "--root", smoke_root, "--dry-run") == 0
+    assert "nothing to submit" in capsys.readouterr().out
+
+
+def test_slurm_without_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert "sbatch not found" in one_line_error(capsys, ["slurm", "smoke", "--root",
+                                                         tmp_path / "runs"])
+
+
+def test_slurm_task_stops_requeues_and_continues_exactly(grid_file, tmp_path, capsys,
+                                                         monkeypatch):
+    reference = tmp_path / "reference"
+    assert run_sweep("run", "slow", "--root", reference, "--grids", grid_file) == 0
+    record = install_stand_ins(tmp_path, monkeypatch)
+    root = tmp_path / "runs"
+    assert run_sweep("slurm", "slow", "--root", root, "--grids", grid_file,
+                     "--max-parallel", 4) == 0
+    assert "submitted job 4242: 1 task(s)" in capsys.readouterr().out
+    assert subprocess.run(["bash", "-n", str(record / "script.sh")]).returncode == 0
+    task_pid = int((record / "task0.pid").read_text())
+    folder = root / "c/T30_p0.5_s3"
+    deadline = time.time() + 120
+    while True:  # SLURM's signal ahead of the time limit, once the run is training
+        state = folder / "state.json"
+        if state.exists() and json.loads(state.read_text())["state"] == "running":
+            break
+        assert time.time() < deadline, (record / "task0.out").read_text()
+        time.sleep(0.005)
+    os.kill(task_pid, signal.SIGTERM)
+    deadline = time.time() + 120
+    while _alive(task_pid):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert runfolder.RunFolder(str(folder)).status()["state"] == "stopped"
+    assert runfolder.load_checkpoint(str(folder / "last.pt"))["epoch"] < 3
+    assert (record / "scontrol.calls").read_text().split() == ["requeue", "4242_0"]
+    assert not (folder / "results.json").exists()
+    # SLURM runs the requeued task again, with the same environment.
+    env = dict(os.environ, SLURM_JOB_ID="4243", SLURM_ARRAY_JOB_ID="4242",
+               SLURM_ARRAY_TASK_ID="0", SLURM_CPUS_PER_TASK="1", SLURM_RESTART_COUNT="1")
+    again = subprocess.run(["bash", str(record / "script.sh")], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert outcome(folder) == outcome(reference / "c/T30_p0.5_s3")
+    log = (folder / "train.log").read_text()
+    assert log.count("== ") == 2 and "SIGTERM received" in log  # appended, not truncated
+    assert run_sweep("slurm", "slow", "--root", root, "--grids", grid_file) == 0
+    assert "nothing to submit" in capsys.readouterr().out
+
+
+def _alive(pid):
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        return finished == 0
+    except ChildProcessError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
