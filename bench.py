@@ -6,20 +6,25 @@
 Candidates, interleaved and repeated in one process (medians after a warm-up):
   reference  per-step Python loop of an autograd cell with h.detach() on drawn steps (as the
              authors' scripts do it)
-  fast       this kit's default implementation (model.py)
+  fast       this kit's default implementation (model.py), h-detach
+  fast_c     the same with c-detach (--detach c) at the same p
+  fast_bptt  the same with p = 0 (plain BPTT)
   nn_lstm    torch.nn.LSTM, plain BPTT (it cannot do h-detach)
   floor      only the 3*T recurrent matmuls a training step cannot avoid (forward h@W,
              backward dh@W, weight gradient), in a plain loop
   cudnn      (CUDA only) torch.nn.LSTM on cuDNN
-Ratios are to the floor and to the reference. Peak memory is measured per candidate in a fresh
-subprocess that builds the candidate and then runs two training steps. On CPU it is the peak of
-the bytes the C allocator has handed out and not had back (glibc mallinfo2: uordblks + hblkhd,
-all arenas, where torch's CPU tensors live), read every ~1 ms by a background thread, minus the
-value just before the first step: like CUDA's max_memory_allocated, it counts live allocations
-(tensors, autograd graphs, the fast path's reusable buffers) but not allocator slack, so it does
-not depend on when glibc returns memory to the OS (peak RSS does: it varied by 50% between
-identical runs here). Without mallinfo2 it falls back to sampled RSS (/proc/self/statm), then to
-ru_maxrss. On CUDA: torch.cuda.max_memory_allocated above the allocation before the steps.
+Ratios are to the floor and to the reference; a last line per shape compares c-detach with
+h-detach and with plain BPTT (c-detach keeps every recurrent dh matmul, which h-detach skips on
+its cut steps, so it can at best cost what plain BPTT costs). Peak memory is measured per
+candidate in a fresh subprocess that builds the candidate and then runs two training steps. On
+CPU it is the peak of the bytes the C allocator has handed out and not had back (glibc
+mallinfo2: uordblks + hblkhd, all arenas, where torch's CPU tensors live), read every ~1 ms by
+a background thread, minus the value just before the first step: like CUDA's
+max_memory_allocated, it counts live allocations (tensors, autograd graphs, the fast path's
+reusable buffers) but not allocator slack, so it does not depend on when glibc returns memory
+to the OS (peak RSS does: it varied by 50% between identical runs here). Without mallinfo2 it
+falls back to sampled RSS (/proc/self/statm), then to ru_maxrss. On CUDA:
+torch.cuda.max_memory_allocated above the allocation before the steps.
 """
 import argparse
 import ctypes
@@ -82,7 +87,8 @@ def make_step(name, shape, device):
     if name in ("nn_lstm", "cudnn"):
         net = _NNLSTMNet(hidden, classes).to(device)
     else:
-        net = HDetachNet(1, hidden, classes, impl="reference" if name == "reference" else "fast")
+        net = HDetachNet(1, hidden, classes, impl="reference" if name == "reference" else "fast",
+                         detach="c" if name == "fast_c" else "h")
         net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(1)
@@ -90,7 +96,7 @@ def make_step(name, shape, device):
         y = torch.randint(classes, (batch,), device=device)
     else:
         y = torch.randint(classes, (steps * batch,), device=device)
-    p = 0.0 if name in ("nn_lstm", "cudnn") else shape["p"]
+    p = 0.0 if name in ("nn_lstm", "cudnn", "fast_bptt") else shape["p"]
     use_cudnn = name == "cudnn"
 
     def step():
@@ -105,7 +111,7 @@ def make_step(name, shape, device):
 
 
 def candidates(device):
-    names = ["reference", "fast", "nn_lstm", "floor"]
+    names = ["reference", "fast", "fast_c", "fast_bptt", "nn_lstm", "floor"]
     return names + (["cudnn"] if device.type == "cuda" else [])
 
 
@@ -220,6 +226,8 @@ def bench_device(device, reps):
         entry = {f"{name}_ms": round(v, 2) for name, v in ms.items()}
         entry["fast_over_floor"] = round(ms["fast"] / ms["floor"], 3)
         entry["reference_over_fast"] = round(ms["reference"] / ms["fast"], 3)
+        entry["c_over_h"] = round(ms["fast_c"] / ms["fast"], 3)
+        entry["c_over_bptt"] = round(ms["fast_c"] / ms["fast_bptt"], 3)
         entry["peak_mb"] = {name: peak_mb(name, shape_name, device)
                             for name in candidates(device) if name != "floor"}
         result[shape_name] = entry
@@ -230,6 +238,8 @@ def bench_device(device, reps):
             peak = entry["peak_mb"].get(name, "")
             print(f"{name:<10} {v:9.1f} {v / ms['floor']:8.2f} {v / ms['reference']:7.2f} "
                   f"{peak:>8}")
+        print(f"c-detach / h-detach (fast, p={shape['p']}): {entry['c_over_h']:.3f}; "
+              f"c-detach / plain BPTT (fast): {entry['c_over_bptt']:.3f}")
     return result
 
 
