@@ -180,7 +180,12 @@ class Plan:
         raise UsageError(f"transfer run of {name}: no grid defines that training run")
 
     def state(self, run):
-        return self.transfer_state(run) if run.is_transfer else self.training_state(run)
+        """(state, info) of any run; a run folder with a damaged file is ``damaged`` (left
+        alone, its file named) rather than a reason to stop the whole sweep."""
+        try:
+            return self.transfer_state(run) if run.is_transfer else self.training_state(run)
+        except DamagedFile as err:
+            return "damaged", {"message": str(err)}
 
     def command(self, run, state, python="python"):
         """The command that takes ``run`` on from ``state``, as a list of arguments."""
@@ -229,7 +234,10 @@ def cmd_list(args):
     plan = open_plan(args)
     done = 0
     for run in plan.grid.runs:
-        state, _ = plan.state(run)
+        state, info = plan.state(run)
+        if state == "damaged":
+            print(f"# {run.name}: {info['message']}", file=sys.stderr)
+            continue
         if state in ("done", "reached") and not args.all:
             done += 1
             continue
@@ -245,10 +253,9 @@ def cmd_status(args):
     plan = open_plan(args)
     rows = []
     for run in plan.grid.runs:
-        try:
-            state, info = plan.state(run)
-        except DamagedFile as err:
-            rows.append((run.name, "damaged", "", "", str(err)))
+        state, info = plan.state(run)
+        if state == "damaged":
+            rows.append((run.name, "damaged", "", "", info["message"]))
             continue
         if run.is_transfer:
             shown = {"done": "done", "waiting": "waiting for its model",
@@ -374,6 +381,9 @@ class LocalSweep:
             if state == "running":
                 notes.append(f"   skip  {run.name}: running in another process "
                              f"({info.get('message')})")
+            elif state == "damaged":
+                self.failed.append(run.name)
+                notes.append(f"   skip  {run.name}: {info['message']}")
             elif state == "failed" and not self.retry_failed:
                 self.failed.append(run.name)
                 notes.append(f"   skip  {run.name}: failed before ({info.get('message')}); "
@@ -429,7 +439,7 @@ class LocalSweep:
                         continue
                 else:
                     state, _ = self.plan.state(run)
-                    if state in ("done", "reached", "running"):
+                    if state in ("done", "reached", "running", "damaged"):
                         pending.remove(run)
                         self.advance(bar)
                         continue
@@ -500,7 +510,7 @@ def slurm_groups(plan):
         placed.update(member.name for member in group)
         states = [plan.state(member)[0] for member in group]
         if all(state in ("done", "reached") for state in states) or (
-                not run.is_transfer and states[0] == "running"):
+                not run.is_transfer and states[0] in ("running", "damaged")):
             continue
         groups.append([member.name for member in group])
     return groups
@@ -607,7 +617,7 @@ def cmd_slurm_task(args):
     for name in names:
         run = plan.by_name[name]
         state, info = plan.state(run)
-        if state in ("done", "reached", "waiting", "running"):
+        if state in ("done", "reached", "waiting", "running", "damaged"):
             print(f"{name}: {state}" + (f" ({info.get('message')})"
                                         if info.get("message") else ""), flush=True)
             continue

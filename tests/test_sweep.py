@@ -274,6 +274,12 @@ def test_a_failed_run_is_reported_and_the_others_finish(grid_file, tmp_path, cap
     assert "skip  c/T6_p0.5_s4:transfer: model c/T6_p0.5_s4: not started" in out
     assert "1 failed: c/T6_p0.5_s4" in out
     assert (root / "c/T6_p0.5_s3/results.json").exists()
+    # A run folder with a damaged file is named and left alone; the rest goes on.
+    (root / "c/T6_p0.5_s3/metrics.csv").write_text("epoch,valid_accuracy\n1,lots\n")
+    assert run_sweep("status", "failing", "--root", root, "--grids", grid_file) == 0
+    assert "damaged" in capsys.readouterr().out
+    assert run_sweep("run", "failing", "--root", root, "--grids", grid_file) == 1
+    assert "skip  c/T6_p0.5_s3: " in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- bad input
