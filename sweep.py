@@ -59,6 +59,11 @@ def slurm_time(text):
     return text.strip()
 
 
+def until_flag(parser):
+    parser.flag("--until-epoch", type=positive_int, default=None, metavar="E",
+                help="stop training runs after epoch E (default: the grid's own, if any)")
+
+
 def build_parser():
     parser = ArgParser(prog="sweep.py", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -73,8 +78,7 @@ def build_parser():
         return sub
 
     listing = command("list", "print one full command per unfinished run, nothing run")
-    listing.flag("--until-epoch", type=positive_int, default=None, metavar="E",
-                 help="stop training runs after epoch E (default: the grid's own, if any)")
+    until_flag(listing)
     listing.flag("--all", action="store_true", help="also list the runs that are done")
     run = command("run", "run the grid on this machine, N runs at a time")
     run.flag("--jobs", "-j", type=positive_int, default=1, help="runs at a time (default 1)")
@@ -82,8 +86,7 @@ def build_parser():
              help="torch threads per run (default: this machine's cores // --jobs)")
     run.flag("--time-limit", type=time_limit, default=None, metavar="DURATION",
              help="stop every run cleanly after this long (2h30m, 90m, 3600, ...)")
-    run.flag("--until-epoch", type=positive_int, default=None, metavar="E",
-             help="stop training runs after epoch E (default: the grid's own, if any)")
+    until_flag(run)
     run.flag("--retry-failed", action="store_true",
              help="resume runs that failed before (default: report them and leave them)")
     command("status", "a table of every run of the grid: state, epochs, best accuracy")
@@ -96,8 +99,7 @@ def build_parser():
     slurm.flag("--cpus-per-task", type=positive_int, default=4, help="default 4")
     slurm.flag("--max-parallel", type=positive_int, default=None, metavar="K",
                help="tasks running at once (--array=...%%K)")
-    slurm.flag("--until-epoch", type=positive_int, default=None, metavar="E",
-               help="stop training runs after epoch E (default: the grid's own, if any)")
+    until_flag(slurm)
     slurm.flag("--dry-run", action="store_true",
                help="print the batch script and the tasks; submit nothing")
     # What the batch script runs in each array task (internal: no help line).
@@ -187,10 +189,13 @@ class Plan:
         except DamagedFile as err:
             return "damaged", {"message": str(err)}
 
-    def command(self, run, state, python="python"):
-        """The command that takes ``run`` on from ``state``, as a list of arguments."""
-        script = os.path.join(KIT_DIR, run.script) if python != "python" else \
-            os.path.relpath(os.path.join(KIT_DIR, run.script))
+    def command(self, run, state, to_run=False):
+        """The command that takes ``run`` on from ``state``, as a list of arguments: to show
+        (``python copying.py ...``) or ``to_run`` (this interpreter, the script's full path)."""
+        script = os.path.join(KIT_DIR, run.script)
+        python = sys.executable if to_run else "python"
+        if not to_run:
+            script = os.path.relpath(script)
         folder = self.folder(run)
         if run.is_transfer:
             return [python, script, "--model-dir", folder, *run.args]
@@ -241,7 +246,9 @@ def cmd_list(args):
         if state in ("done", "reached") and not args.all:
             done += 1
             continue
-        print(shlex.join(plan.command(run, state)))
+        line = shlex.join(plan.command(run, state))
+        # With --all, finished runs are shown commented out: the listing stays safe to pipe.
+        print(f"# {state}: {line}" if state in ("done", "reached") else line)
     if done:
         print(f"# {done} run(s) done or paused at --until-epoch {plan.until}, not listed "
               "(--all lists them)" if plan.until else f"# {done} run(s) done, not listed "
@@ -319,7 +326,7 @@ class LocalSweep:
     def launch(self, run, state):
         folder = self.plan.folder(run)
         os.makedirs(folder, exist_ok=True)
-        command = self.plan.command(run, state, python=sys.executable)
+        command = self.plan.command(run, state, to_run=True)
         log = open(os.path.join(folder, run.log_name), "a")
         log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S')} sweep {state}: "
                   f"{shlex.join(command)}\n")
@@ -623,7 +630,7 @@ def cmd_slurm_task(args):
             continue
         folder = plan.folder(run)
         os.makedirs(folder, exist_ok=True)
-        command = plan.command(run, state, python=sys.executable)
+        command = plan.command(run, state, to_run=True)
         print(f"{name}: {state}: {shlex.join(command)}", flush=True)
         with open(os.path.join(folder, run.log_name), "a") as log:
             log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S')} slurm task "
