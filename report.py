@@ -27,14 +27,13 @@ import textwrap
 from collections import namedtuple
 
 from runfolder import RUN_FILES, DamagedFile, RunFolder, atomic_write, file_sha256
-from utils import ArgParser, UsageError, report_errors
+from utils import RESUMABLE_KEYS, ArgParser, UsageError, report_errors
 
 TASKS = ("copying", "pixelmnist")
 # Arguments that say where or how one process ran, not what was trained: never part of a
 # setting (a run resumed on another device, or moved, is the same run).
-PROCESS_KEYS = frozenset({"save_dir", "device", "impl", "resume", "overwrite",
-                          "checkpoint_every", "until_epoch", "data_dir", "download",
-                          "num_workers"})
+# These are exactly the keys a resume may change.
+PROCESS_KEYS = frozenset(RESUMABLE_KEYS)
 # Arguments shown by the setting's own label or its experiment, never as a modifier.
 LABEL_KEYS = frozenset({"seed", "p_detach", "detach", "T", "permute"})
 TRANSFER_T = (200, 400, 500, 1000, 2000, 5000)  # the paper's transfer table
