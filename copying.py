@@ -85,9 +85,11 @@ def run(args, argv, last, lock=None):
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     run = TrainingRun(TASK, args, net, optimizer,
                       {"batches": batch_gen, "detach": detach_gen}, model_config, lock=lock)
-    run.open(argv, device, last)
     iters = args.train_size // args.batch_size
+    # Signals are caught before the run says it is running: a SIGTERM from then on always ends
+    # in a saved last.pt (after the current iteration), never in a killed process.
     with StopSignals() as stop:
+        run.open(argv, device, last)
         while run.epoch < run.target_epoch:
             p = p_in_force(args.p_detach, run.epoch, args.n_epochs, args.anneal_p)
             bar = tqdm(total=iters, initial=run.epoch_iteration, leave=False, disable=None,

@@ -285,18 +285,21 @@ def run(args, argv, last, lock=None):
     run = TrainingRun(TASK, args, net, optimizer, {"order": order_gen, "detach": detach_gen},
                       model_config, extra={"permutation": permutation, "data_sha256": fingerprint},
                       lock=lock)
-    run.open(argv, device, last)
-    if last is None:
-        write_json(os.path.join(args.save_dir, "permutation.json"), {
-            "permute": bool(args.permute), "seed": args.seed,
-            "rule": ("numpy.random.RandomState(seed).permutation(784)" if args.permute
-                     else "row-major (identity)"),
-            "order": permutation.tolist()})
-    # The stored order is the truth for a resumed run, whatever this code would draw.
-    pixel_order = run.extra["permutation"].to(device)
-    batch = args.batch_size
-    iters = math.ceil(args.train_size / batch)  # a last partial batch trains, as a DataLoader's
+    # Signals are caught before the run says it is running: a SIGTERM from then on always ends
+    # in a saved last.pt (after the current iteration), never in a killed process.
     with StopSignals() as stop:
+        run.open(argv, device, last)
+        if last is None:
+            write_json(os.path.join(args.save_dir, "permutation.json"), {
+                "permute": bool(args.permute), "seed": args.seed,
+                "rule": ("numpy.random.RandomState(seed).permutation(784)" if args.permute
+                         else "row-major (identity)"),
+                "order": permutation.tolist()})
+        # The stored order is the truth for a resumed run, whatever this code would draw.
+        pixel_order = run.extra["permutation"].to(device)
+        batch = args.batch_size
+        # A last partial batch trains, as a DataLoader's would.
+        iters = math.ceil(args.train_size / batch)
         while run.epoch < run.target_epoch:
             p = p_in_force(args.p_detach, run.epoch, args.n_epochs, args.anneal_p)
             if run.epoch_iteration == 0:

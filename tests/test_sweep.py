@@ -162,35 +162,37 @@ def test_status_of_a_finished_grid(smoke_root, capsys):
     assert lines[-1] == "6 runs: 6 done"
 
 
-def test_status_paused_stopped_and_not_started(tmp_path, capsys):
-    root = tmp_path / "runs"
-    assert run_sweep("run", "smoke", "--root", root, "--until-epoch", 2, "--jobs", 2) == 0
+def test_status_paused_then_continued(grid_file, tmp_path, capsys):
+    root, model = tmp_path / "runs", "c/T6_p0.5_s5"
+    pair = ["--root", root, "--grids", grid_file]
+    assert run_sweep("run", "pair", *pair, "--until-epoch", 2) == 0
+    assert f"paused  {model} at epoch 2 of 4 (--until-epoch 2)" in capsys.readouterr().out
+    assert run_sweep("status", "pair", *pair) == 0
     out = capsys.readouterr().out
-    assert out.count("paused  copying/") == 3
-    assert run_sweep("status", "smoke", "--root", root) == 0
+    assert f"{model}           paused at epoch 2 of 4  2/4" in out
+    # The transfer run went after its model paused at --until-epoch, on that model.
+    data = json.loads((root / model / "transfer.json").read_text())
+    best = runfolder.load_checkpoint(str(root / model / "best_model.pt"))
+    assert data["checkpoint_epoch"] == best["epoch"] <= 2
+    # Without --until-epoch the run continues to the end; its transfer is measured again when
+    # its best_model.pt changed, and only then.
+    (root / model / "transfer.json").write_text(json.dumps(dict(
+        data, checkpoint_sha256="of an older best_model.pt")))
+    assert run_sweep("run", "pair", *pair) == 0
     out = capsys.readouterr().out
-    assert out.count("paused at epoch 2 of 4  2/4") == 3
-    # Transfer runs went after their models paused at --until-epoch, on those models.
-    for model in SMOKE_MODELS:
-        data = json.loads((root / model / "transfer.json").read_text())
-        best = runfolder.load_checkpoint(str(root / model / "best_model.pt"))
-        assert data["checkpoint_epoch"] == best["epoch"] <= 2
-    # Without --until-epoch they continue to the end; a transfer is measured again when its
-    # best_model.pt changed, and only then.
-    (root / SMOKE_MODELS[0] / "transfer.json").write_text(json.dumps(dict(
-        json.loads((root / SMOKE_MODELS[0] / "transfer.json").read_text()),
-        checkpoint_sha256="of an older best_model.pt")))
-    assert run_sweep("run", "smoke", "--root", root, "--jobs", 2) == 0
-    out = capsys.readouterr().out
-    assert f"start  {SMOKE_MODELS[0]}:transfer" in out
-    for model in SMOKE_MODELS:
-        assert runfolder.RunFolder(str(root / model)).status()["state"] == "done"
-        data = json.loads((root / model / "transfer.json").read_text())
-        assert data["checkpoint_sha256"] == runfolder.file_sha256(str(root / model /
-                                                                      "best_model.pt"))
+    assert f"resume  {model}" in out and f"start  {model}:transfer" in out
+    assert runfolder.RunFolder(str(root / model)).status()["state"] == "done"
+    data = json.loads((root / model / "transfer.json").read_text())
+    assert data["checkpoint_sha256"] == runfolder.file_sha256(str(root / model / "best_model.pt"))
+    assert run_sweep("status", "pair", *pair) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "2 runs: 2 done"
+
+
+def test_status_of_an_empty_root(tmp_path, capsys):
     assert run_sweep("status", "smoke", "--root", tmp_path / "empty") == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == \
         "6 runs: 3 not started, 3 waiting for its model"
+    assert not (tmp_path / "empty").exists()
 
 
 # ----------------------------------------------------------------------------- run locally
@@ -247,14 +249,19 @@ def failing():
     return Grid("failing", "one bad run", (bad, good, transfer_run(bad, delays=(8,))))
 
 
+def pair():
+    model = copying_run("c", 6, 0.5, 5, **dict(TINY, n_epochs=4, anneal_p=2))
+    return Grid("pair", "a model and its transfer",
+                (model, transfer_run(model, delays=(8,), test_size=40)))
+
+
 def slow():
-    model = copying_run("c", 30, 0.5, 3, **dict(TINY, train_size=6000, lstm_size=16,
-                                                 n_epochs=3))
+    model = copying_run("c", 30, 0.5, 3, **dict(TINY, train_size=4000, lstm_size=16))
     return Grid("slow", "a run long enough to be signalled",
                 (model, transfer_run(model, delays=(40,), test_size=40)))
 
 
-GRIDS = {"failing": failing, "slow": slow}
+GRIDS = {"failing": failing, "pair": pair, "slow": slow}
 '''
 
 
@@ -375,8 +382,13 @@ def test_slurm_without_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_slurm_task_stops_requeues_and_continues_exactly(grid_file, tmp_path, capsys,
                                                          monkeypatch):
+    # The reference: the same two commands run uninterrupted, in this process (one thread,
+    # as the tasks: SLURM_CPUS_PER_TASK=1).
     reference = tmp_path / "reference"
-    assert run_sweep("run", "slow", "--root", reference, "--grids", grid_file) == 0
+    plan = sweep.Plan(sweep.get_grid("slow", sweep.catalog(str(grid_file))), str(reference))
+    model_run, transfer = plan.grid.runs
+    assert copying.main(plan.command(model_run, "start")[2:]) == 0
+    assert transfer_copy.main(plan.command(transfer, "start")[2:]) == 0
     record = install_stand_ins(tmp_path, monkeypatch)
     root = tmp_path / "runs"
     assert run_sweep("slurm", "slow", "--root", root, "--grids", grid_file,
@@ -398,7 +410,7 @@ def test_slurm_task_stops_requeues_and_continues_exactly(grid_file, tmp_path, ca
         assert time.time() < deadline
         time.sleep(0.05)
     assert runfolder.RunFolder(str(folder)).status()["state"] == "stopped"
-    assert runfolder.load_checkpoint(str(folder / "last.pt"))["epoch"] < 3
+    assert runfolder.load_checkpoint(str(folder / "last.pt"))["epoch"] < 2
     assert (record / "scontrol.calls").read_text().split() == ["requeue", "4242_0"]
     assert not (folder / "results.json").exists()
     # SLURM runs the requeued task again, with the same environment.
