@@ -7,7 +7,8 @@ delimiter 9, 10 blanks; the network must output blanks and then the 10 symbols i
 100,000 training and 5,000 validation sequences are generated once per run; each iteration
 draws its batch with replacement; the loss is the cross-entropy at every step. Validation
 accuracy counts the last 10 steps. The run folder gets TensorBoard events, config.json,
-best_model.pt, last.pt (resumable with --resume) and, at the end, results.json.
+metrics.csv (one row per epoch), state.json, best_model.pt, last.pt (resumable with --resume;
+--until-epoch E pauses there) and, at the end, results.json (see runfolder.py).
 """
 import os
 import sys

@@ -20,6 +20,7 @@ unpacked beside itself). --no-download never touches the network.
 The run folder gets TensorBoard events (per iteration: train/loss; per epoch: train/epoch_loss,
 valid/loss, valid/accuracy, p_detach, and test/accuracy, test/loss at the epochs where the
 validation accuracy improved; at the end: best/valid_accuracy and best/test_accuracy), config.json,
+metrics.csv (one row per epoch, test accuracy where measured), state.json,
 permutation.json (the pixel order the model reads), best_model.pt (at the best-validation epoch,
 with its test accuracy and the pixel order), last.pt (resumable with --resume) and, at the end,
 results.json: best_valid_accuracy, best_valid_loss, best_epoch, test_accuracy and test_loss (at
