@@ -17,10 +17,10 @@ the training scripts; the read side (``RunFolder``) by the tools that look at ru
 runs on import.
 """
 import csv
-import hashlib
 import datetime
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import math
@@ -31,8 +31,8 @@ import time
 import numpy as np
 import torch
 
-from utils import (RESUMABLE_KEYS, NothingToDo, RunStopped, UsageError, explicit_keys,
-                   merge_resume_args, restore_rng_states, rng_states, warn_if_annealing_dominates)
+from utils import (NothingToDo, RunStopped, UsageError, explicit_keys, merge_resume_args,
+                   restore_rng_states, rng_states, warn_if_annealing_dominates)
 
 CHECKPOINT_FORMAT = "h-detach-checkpoint/1"
 # Files a run folder may hold; their presence marks a folder as holding a run.
