@@ -130,7 +130,8 @@ class Plan:
     def training_state(self, run):
         """(state, info): state is one of done, reached (paused at or past the --until-epoch
         in force), running, failed, resume, restart (a folder with no checkpoint), start."""
-        info = RunFolder(self.folder(run)).status()
+        folder = RunFolder(self.folder(run))
+        info = folder.status()
         state = info["state"]
         if state == "done":
             return "done", info
@@ -141,7 +142,7 @@ class Plan:
             return "reached", info
         if state == "failed":
             return "failed", info
-        if RunFolder(self.folder(run)).has("last.pt"):
+        if folder.has("last.pt"):
             return "resume", info
         if state == "interrupted":  # config.json but no checkpoint: nothing to keep
             return "restart", info
