@@ -241,6 +241,16 @@ def read_metrics(path):
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def epoch_seconds(rows, last=10):
+    """A run's pace: the median training seconds per epoch over its ``last`` finished epochs
+    (``metrics.csv`` rows; ``elapsed_s`` counts training time only, across resumes), or None
+    before the first epoch. A median, so one epoch slowed by a busy machine moves it little."""
+    times = [row.get("elapsed_s") for row in rows]
+    spans = [b - a for a, b in zip([0.0] + times[:-1], times)
+             if a is not None and b is not None][-last:]
+    return float(np.median(spans)) if spans else None
+
+
 def save_checkpoint(path, payload):
     """``torch.save`` a dict of tensors and plain values atomically (temp file, then
     ``os.replace``), tagged with our format so that loading can tell it from other files."""
@@ -673,7 +683,8 @@ class RunFolder:
     def status(self):
         """A dict: ``state`` (one of not started, running, paused, stopped, interrupted,
         failed, done), ``epochs`` done, ``planned`` epochs, ``best_valid`` accuracy so far
-        (None before the first epoch) and ``message``."""
+        (None before the first epoch), ``epoch_s`` (its pace, see ``epoch_seconds``) and
+        ``message``."""
         config = self.config() if self.has("config.json") else None
         planned = (config or {}).get("args", {}).get("n_epochs")
         rows = self.metrics()
@@ -681,7 +692,8 @@ class RunFolder:
         accuracies = [row["valid_accuracy"] for row in rows
                       if row["valid_accuracy"] is not None]
         info = {"epochs": epochs, "planned": planned,
-                "best_valid": max(accuracies) if accuracies else None, "message": None}
+                "best_valid": max(accuracies) if accuracies else None,
+                "epoch_s": epoch_seconds(rows), "message": None}
         saved = self.state_file() or {}
         pid = self.holder_pid()
         if pid is not None:

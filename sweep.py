@@ -228,6 +228,21 @@ def open_plan(args):
     return Plan(grid, args.root, getattr(args, "until_epoch", None), known)
 
 
+def short_duration(seconds):
+    """3725 -> '1h02m', 90 -> '1m30s', 2 days and more -> '2d5h': a status-table estimate."""
+    if seconds < 0.5:
+        return "<1s"
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def describe(info):
     if info.get("state") == "not started":
         return ""
@@ -259,16 +274,16 @@ def cmd_list(args):
 
 def cmd_status(args):
     plan = open_plan(args)
-    rows = []
+    rows, estimated = [], False
     for run in plan.grid.runs:
         state, info = plan.state(run)
         if state == "damaged":
-            rows.append((run.name, "damaged", "", "", info["message"]))
+            rows.append((run.name, "damaged", "", "", "", "", info["message"]))
             continue
         if run.is_transfer:
             shown = {"done": "done", "waiting": "waiting for its model",
                      "start": "not started"}[state]
-            rows.append((run.name, shown, "", "", info.get("message") or ""))
+            rows.append((run.name, shown, "", "", "", "", info.get("message") or ""))
             continue
         raw = RunFolder(plan.folder(run)).status()
         shown = {"not started": "not started", "running": "running", "done": "done",
@@ -278,11 +293,22 @@ def cmd_status(args):
                     "interrupted": "interrupted"}[raw["state"]]
             shown = f"{word} at epoch {raw['epochs']} of {raw['planned'] or '?'}"
         best = f"{raw['best_valid']:.2f}" if raw["best_valid"] is not None else ""
-        rows.append((run.name, shown, describe(raw), best, raw.get("message") or ""))
-    header = ("run", "state", "epochs", "best valid %", "note")
-    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(5)]
+        pace, to_go = raw["epoch_s"], ""
+        target = min((t for t in (raw["planned"], plan.until) if t), default=None)
+        if pace is not None and target is not None and raw["state"] not in ("done", "failed") \
+                and raw["epochs"] < target:
+            to_go = short_duration((target - raw["epochs"]) * pace)
+            estimated = True
+        rows.append((run.name, shown, describe(raw), best,
+                     "" if pace is None else f"{pace:.0f}" if pace >= 10 else f"{pace:.1f}",
+                     to_go, raw.get("message") or ""))
+    header = ("run", "state", "epochs", "best valid %", "s/epoch", "to go", "note")
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if estimated:
+        goal = f"epoch {plan.until} (--until-epoch)" if plan.until else "its last epoch"
+        print(f"s/epoch: median of the last 10 epochs; to go: time to {goal} at that pace")
     counts = {}
     for row in rows:
         counts[row[1].split(" at ")[0]] = counts.get(row[1].split(" at ")[0], 0) + 1

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import copying
@@ -169,6 +170,13 @@ def test_status_paused_then_continued(grid_file, tmp_path, capsys):
     assert run_sweep("status", "pair", *pair) == 0
     out = capsys.readouterr().out
     assert f"{model}           paused at epoch 2 of 4  2/4" in out
+    # Its pace and the time it still needs to its planned 4 epochs, from its own metrics.csv.
+    rows = runfolder.read_metrics(str(root / model / "metrics.csv"))
+    pace = float(np.median([rows[0]["elapsed_s"], rows[1]["elapsed_s"] - rows[0]["elapsed_s"]]))
+    row = next(line for line in out.splitlines() if line.startswith(model + " "))
+    shown = f"{pace:.0f}" if pace >= 10 else f"{pace:.1f}"
+    assert row.split()[9:11] == [shown, sweep.short_duration(2 * pace)], row
+    assert "to go: time to its last epoch at that pace" in out
     # The transfer run went after its model paused at --until-epoch, on that model.
     data = json.loads((root / model / "transfer.json").read_text())
     best = runfolder.load_checkpoint(str(root / model / "best_model.pt"))
@@ -185,6 +193,19 @@ def test_status_paused_then_continued(grid_file, tmp_path, capsys):
     assert data["checkpoint_sha256"] == runfolder.file_sha256(str(root / model / "best_model.pt"))
     assert run_sweep("status", "pair", *pair) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "2 runs: 2 done"
+
+
+def test_pace_is_the_median_epoch_of_the_last_ten():
+    # elapsed_s is training time summed over resumes: epoch k took elapsed[k] - elapsed[k-1].
+    # Six slow epochs (a busy machine), then a faster pace: the last 10 hold four slow ones,
+    # whose median (115) is neither the mean (223) nor the median of all twelve (265).
+    spans = [400.0] * 6 + [100.0] * 5 + [130.0]
+    rows = [{"epoch": k + 1, "elapsed_s": float(np.cumsum(spans)[k])} for k in range(12)]
+    assert runfolder.epoch_seconds(rows) == pytest.approx(115.0)
+    assert runfolder.epoch_seconds(rows[:1]) == pytest.approx(400.0)
+    assert runfolder.epoch_seconds([]) is None
+    assert [sweep.short_duration(s) for s in (0.4, 7, 90, 3725, 2 * 86400 + 5 * 3600 + 59)] \
+        == ["<1s", "7s", "1m30s", "1h02m", "2d5h"]
 
 
 def test_status_of_an_empty_root(tmp_path, capsys):
