@@ -331,6 +331,25 @@ def last_line(path):
     return lines[-1] if lines else ""
 
 
+def start_child(plan, run, state, origin, threads, new_session=False):
+    """Start the command that takes ``run`` on from ``state`` as a child process with
+    ``threads`` torch threads, its output appended to the run's log after a header line naming
+    ``origin`` (who started it). Returns (process, open log handle, command)."""
+    folder = plan.folder(run)
+    os.makedirs(folder, exist_ok=True)
+    command = plan.command(run, state, to_run=True)
+    log = open(os.path.join(folder, run.log_name), "a")
+    log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S')} {origin} {state}: "
+              f"{shlex.join(command)}\n")
+    log.flush()
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=new_session,
+                            cwd=os.getcwd())
+    return proc, log, command
+
+
 class LocalSweep:
     """Runs a plan's work as child processes, ``jobs`` at a time."""
 
@@ -351,24 +370,14 @@ class LocalSweep:
         sys.stdout.flush()
 
     def launch(self, run, state):
-        folder = self.plan.folder(run)
-        os.makedirs(folder, exist_ok=True)
-        command = self.plan.command(run, state, to_run=True)
-        log = open(os.path.join(folder, run.log_name), "a")
-        log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S')} sweep {state}: "
-                  f"{shlex.join(command)}\n")
-        log.flush()
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads),
-                   MKL_NUM_THREADS=str(self.threads), PYTHONUNBUFFERED="1")
         # Its own session: a Ctrl-C at the terminal reaches the sweep alone, which then stops
         # every run the same clean way.
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                cwd=os.getcwd())
+        proc, log, _ = start_child(self.plan, run, state, "sweep", self.threads,
+                                   new_session=True)
         self.running[run.name] = (proc, run, log)
         verb = {"start": "start", "resume": "resume", "restart": "restart", "failed": "retry"}
         self.say(f"{verb.get(state, state):>7}  {run.name}  (log: "
-                 f"{os.path.join(folder, run.log_name)})")
+                 f"{os.path.join(self.plan.folder(run), run.log_name)})")
 
     def reap(self, name, bar):
         proc, run, log = self.running.pop(name)
@@ -655,18 +664,10 @@ def cmd_slurm_task(args):
             print(f"{name}: {state}" + (f" ({info.get('message')})"
                                         if info.get("message") else ""), flush=True)
             continue
-        folder = plan.folder(run)
-        os.makedirs(folder, exist_ok=True)
-        command = plan.command(run, state, to_run=True)
+        origin = f"slurm task {os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{args.index}"
+        child, log, command = start_child(plan, run, state, origin, threads)
         print(f"{name}: {state}: {shlex.join(command)}", flush=True)
-        with open(os.path.join(folder, run.log_name), "a") as log:
-            log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S')} slurm task "
-                      f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{args.index} {state}: "
-                      f"{shlex.join(command)}\n")
-            log.flush()
-            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL,
-                                     env=dict(os.environ, OMP_NUM_THREADS=threads))
+        with log:
             received["child"] = child
             if "signal" in received:  # arrived between runs
                 child.send_signal(signal.SIGTERM)
@@ -677,7 +678,7 @@ def cmd_slurm_task(args):
             break
         if code != 0:
             print(f"{name}: failed (exit {code}): "
-                  f"{last_line(os.path.join(folder, run.log_name))}", flush=True)
+                  f"{last_line(os.path.join(plan.folder(run), run.log_name))}", flush=True)
             return 1
     if "signal" in received:
         job = os.environ.get("SLURM_ARRAY_JOB_ID")
