@@ -235,14 +235,24 @@ def test_time_limit_then_sigint_then_finish_is_exact(smoke_root, tmp_path, capsy
     out = capsys.readouterr().out
     assert "time limit: stopping" in out and "Continue with:" in out
     assert f"python sweep.py run smoke --root {root} --jobs 2" in out
+    # Where the limit caught each run depends on the machine's speed (a smoke run trains in
+    # under a second after a few seconds of start-up); that it stopped some is what matters.
     states = [runfolder.RunFolder(str(root / m)).status()["state"] for m in SMOKE_MODELS]
-    assert "done" not in states[1:]  # the third had not started
-    # A second call, stopped by Ctrl-C (SIGINT to the sweep) once a run has a checkpoint.
+    assert states != ["done"] * len(SMOKE_MODELS)
+    unfinished = [m for m, state in zip(SMOKE_MODELS, states) if state != "done"]
+
+    def launches():
+        logs = [root / m / "train.log" for m in unfinished]
+        return sum(log.read_text().count("\n== ") + log.read_text().startswith("== ")
+                   for log in logs if log.exists())
+    before = launches()
+    # A second call, stopped by Ctrl-C (SIGINT to the sweep) once it has launched a run: the
+    # sweep stops it cleanly whether it is still loading or already training.
     proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "run", "smoke", "--root",
                              str(root), "--jobs", "2"], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not any((root / m / "last.pt").exists() for m in SMOKE_MODELS[1:]):
+    while launches() == before:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
