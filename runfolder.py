@@ -239,8 +239,6 @@ def read_metrics(path):
         raise DamagedFile(f"{path}: not a CSV table ({err})") from None
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
 def epoch_seconds(rows, last=10):
     """A run's pace: the median training seconds per epoch over its ``last`` finished epochs
     (``metrics.csv`` rows; ``elapsed_s`` counts training time only, across resumes), or None
@@ -250,6 +248,8 @@ def epoch_seconds(rows, last=10):
              if a is not None and b is not None][-last:]
     return float(np.median(spans)) if spans else None
 
+
+# ----------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path, payload):
     """``torch.save`` a dict of tensors and plain values atomically (temp file, then
