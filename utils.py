@@ -5,6 +5,7 @@ event log and state) is in ``runfolder.py``.
 Nothing here runs on import; every function takes what it needs as arguments.
 """
 import argparse
+import os
 import random
 import signal
 import sys
@@ -30,13 +31,21 @@ class NothingToDo(Exception):
 def report_errors(run):
     """Call ``run()``; turn our errors into one line on stderr and a ``SystemExit``."""
     try:
-        return run()
+        code = run()
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here, not at interpreter exit
+        return code
     except NothingToDo as note:
         print(note)
         return 0
     except (UsageError, RunStopped) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
+    except BrokenPipeError:
+        # The reader went away (``sweep.py status | head``): stop quietly with status 1, as
+        # Python's own docs advise, instead of a traceback. stdout now points at /dev/null so
+        # that the interpreter's last flush of the unwritten rest cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 # ----------------------------------------------------------------------------- flags

@@ -215,6 +215,18 @@ def test_status_of_an_empty_root(tmp_path, capsys):
     assert not (tmp_path / "empty").exists()
 
 
+def test_status_into_a_closed_pipe_stops_quietly(tmp_path):
+    # `sweep.py status | head -3`: the reader leaves early. The reader's end is closed before
+    # the child has imported torch, so its first write meets a closed pipe.
+    proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "status", "smoke",
+                             "--root", str(tmp_path / "empty")], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert err == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
+
+
 # ----------------------------------------------------------------------------- run locally
 
 def test_run_respects_jobs_and_skips_what_is_done(smoke_run, capsys, monkeypatch):
