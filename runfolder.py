@@ -264,10 +264,20 @@ def load_checkpoint(path, task=None):
     A missing file, a file that is not a checkpoint (or is truncated), one of another format or
     of another ``task``: each is a ``UsageError`` with one clear line.
     """
+    return read_checkpoint(path, task)[0]
+
+
+def read_checkpoint(path, task=None):
+    """``(checkpoint, sha256)``: a checkpoint as ``load_checkpoint`` loads it, and the SHA-256 of
+    the very bytes it was loaded from. The file is read once: a run training in the folder may
+    replace ``best_model.pt`` at any moment, and hashing the file again later would tie a result
+    to a checkpoint it never measured."""
     if not os.path.isfile(path):
         raise UsageError(f"no checkpoint at {path}")
+    with open(path, "rb") as handle:
+        data = handle.read()
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # torch raises several types for foreign or truncated files
         raise UsageError(f"{path} is not a readable h-detach checkpoint (a truncated file, or "
                          "another kind of file)") from None
@@ -276,7 +286,7 @@ def load_checkpoint(path, task=None):
     if task is not None and payload.get("task") != task:
         raise UsageError(f"{path} is a checkpoint of the {payload.get('task')!r} task, "
                          f"not of {task!r}")
-    return payload
+    return payload, hashlib.sha256(data).hexdigest()
 
 
 # ----------------------------------------------------------------------------- TensorBoard

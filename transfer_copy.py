@@ -13,7 +13,7 @@ import torch
 
 from copying import NUM_CLASSES, TASK, evaluate
 from model import HDetachNet
-from runfolder import file_sha256, load_checkpoint, read_json, write_json
+from runfolder import read_checkpoint, read_json, write_json
 from utils import (ArgParser, UsageError, copying_symbols, positive_int, report_errors,
                    resolve_device, seed_value)
 
@@ -33,7 +33,8 @@ def build_parser():
 
 
 def load_model(model_dir, device):
-    """The network of a copying checkpoint, rebuilt from the sizes stored in it."""
+    """The network of a copying checkpoint, rebuilt from the sizes stored in it, the
+    checkpoint, its path and the SHA-256 of the bytes it was loaded from."""
     path = model_dir
     if os.path.isdir(model_dir):
         path = os.path.join(model_dir, "best_model.pt")
@@ -42,18 +43,18 @@ def load_model(model_dir, device):
                              "end of its first epoch)")
     elif not os.path.exists(model_dir):
         raise UsageError(f"--model-dir {model_dir} does not exist")
-    checkpoint = load_checkpoint(path, task=TASK)
+    checkpoint, digest = read_checkpoint(path, task=TASK)
     config = checkpoint["model_config"]
     if config.get("num_classes") != NUM_CLASSES:
         raise UsageError(f"{path} does not hold a copying model")
     net = HDetachNet(**config)
     net.load_state_dict(checkpoint["model"])
-    return net.to(device), checkpoint, path
+    return net.to(device), checkpoint, path, digest
 
 
 def run(args):
     device = resolve_device(args.device)
-    net, checkpoint, path = load_model(args.model_dir, device)
+    net, checkpoint, path, digest = load_model(args.model_dir, device)
     trained_t = checkpoint["config"].get("T")
     print(f"model: {path} (trained at T={trained_t}, epoch {checkpoint.get('epoch')}, "
           f"valid accuracy {checkpoint.get('accuracy', float('nan')):.2f}%)")
@@ -66,15 +67,17 @@ def run(args):
         rows[delay] = {"T": delay, "accuracy": accuracy, "loss": loss}
         print(f"{delay:>6}  {accuracy:>10.2f}  {loss:>8.4f}", flush=True)
     out = os.path.join(os.path.dirname(os.path.abspath(path)), "transfer.json")
-    # Results of earlier calls for other delays are kept; those measured now are replaced.
+    # Results of earlier calls for other delays are kept, if they measured these same weights
+    # (a run still training replaces best_model.pt); those measured now are replaced.
     previous = read_json(out) if os.path.exists(out) else {}
     same_setup = (previous.get("checkpoint") == os.path.basename(path)
+                  and previous.get("checkpoint_sha256") == digest
                   and previous.get("seed") == args.seed
                   and previous.get("test_size") == args.test_size)
     results = {row["T"]: row for row in previous.get("results", [])} if same_setup else {}
     results.update(rows)
     write_json(out, {"checkpoint": os.path.basename(path), "trained_T": trained_t,
-                     "checkpoint_sha256": file_sha256(path),
+                     "checkpoint_sha256": digest,
                      "checkpoint_epoch": checkpoint.get("epoch"), "seed": args.seed,
                      "test_size": args.test_size,
                      "results": [results[delay] for delay in sorted(results)]})

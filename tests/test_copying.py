@@ -1,4 +1,6 @@
 """The copying task, transfer copying and the run machinery they share (utils)."""
+import hashlib
+import io
 import json
 import os
 import signal
@@ -172,6 +174,39 @@ def test_transfer_prints_table_and_writes_json(tiny_run, capsys):
                         "--test-size", "30", "--device", "cpu"])
     data = json.loads((tiny_run / "transfer.json").read_text())
     assert [row["T"] for row in data["results"]] == [6, 9, 12]
+
+
+def test_transfer_ties_its_rows_to_the_weights_it_measured(tiny_run, tmp_path, monkeypatch):
+    # A run still training replaces best_model.pt at any moment, here in the middle of a
+    # transfer call: transfer.json must name the checkpoint that was measured, and a later call
+    # on the newer checkpoint must not keep rows measured on the older one.
+    folder = tmp_path / "run"
+    folder.mkdir()
+    old = (tiny_run / "best_model.pt").read_bytes()
+    (folder / "best_model.pt").write_bytes(old)
+    newer = torch.load(tiny_run / "last.pt", weights_only=True)
+    newer["epoch"] = 99
+    newer_path = tmp_path / "newer.pt"
+    torch.save(newer, newer_path)
+    evaluate = transfer_copy.evaluate
+
+    def evaluate_while_training(*args):
+        result = evaluate(*args)
+        os.replace(newer_path, folder / "best_model.pt")  # what the training run does
+        return result
+
+    monkeypatch.setattr(transfer_copy, "evaluate", evaluate_while_training)
+    assert transfer_copy.main(["--model-dir", str(folder), "--T", "6", "--test-size", "30",
+                               "--device", "cpu"]) == 0
+    data = json.loads((folder / "transfer.json").read_text())
+    assert data["checkpoint_sha256"] == hashlib.sha256(old).hexdigest()
+    assert data["checkpoint_epoch"] == torch.load(io.BytesIO(old), weights_only=True)["epoch"]
+    monkeypatch.setattr(transfer_copy, "evaluate", evaluate)
+    assert transfer_copy.main(["--model-dir", str(folder), "--T", "9", "--test-size", "30",
+                               "--device", "cpu"]) == 0
+    data = json.loads((folder / "transfer.json").read_text())
+    assert data["checkpoint_epoch"] == 99 and [row["T"] for row in data["results"]] == [9]
+    assert data["checkpoint_sha256"] == runfolder.file_sha256(str(folder / "best_model.pt"))
 
 
 def test_same_seed_same_losses(tmp_path):
