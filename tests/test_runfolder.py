@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--T", "6", "--train-size", "60", "--test-size", "40", "--batch_size", "20",
         "--lstm-size", "8", "--n_epochs", "4", "--anneal-p", "2", "--p-detach", "0.5",
         "--device", "cpu"]
-SLOW = ["--train-size", "20000"]  # 1,000 iterations an epoch: seconds of training to catch
+# 10,000 iterations an epoch, 15-20 s here: the holder must not end an epoch (and write
+# best_model.pt) while a test checks what the refused starts left alone, even on a fast machine.
+SLOW = ["--train-size", "200000"]
 
 
 def run_copying(folder, *extra):
