@@ -132,6 +132,20 @@ def campaign_copying():
                 until_epoch=200)
 
 
+def campaign_seeds():
+    """The seeds and the ablation beside the seed-3 campaign (results/): copying T = 100,
+    seeds 1 and 2 of vanilla / p = 0.25 / p = 0.5, and c-detach p = 0.25 of seed 3, with the
+    seed-3 runs' protocol and flags, in stages of --until-epoch (stage 1: epoch 100)."""
+    flags = dict(n_epochs=600, anneal_p=40, device="cpu")
+    seed1 = [copying_run("copying", 100, p, 1, **flags) for p in (-1, 0.25, 0.5)]
+    seed2 = [copying_run("copying", 100, p, 2, **flags) for p in (-1, 0.25, 0.5)]
+    ablation = copying_run("ablations", 100, 0.25, 3, detach="c", **flags)
+    # Grid order is launch order: seed 1's vanilla and p = 0.25 side by side first.
+    return Grid("campaign-seeds", "copying T = 100, seeds 1 and 2 of vanilla / p = 0.25 / "
+                "p = 0.5, and c-detach p = 0.25 of seed 3, on CPU, staged (stage 1: epoch 100 "
+                "of 600)", tuple(seed1 + [ablation] + seed2), until_epoch=100)
+
+
 def smoke():
     """Tiny copying runs (about a minute on a CPU) for trying the tools; its annealing leaves
     h-detach on for 3 of the 4 epochs, so its h-detach runs do detach."""
@@ -145,7 +159,8 @@ def smoke():
 
 GRIDS = {"paper-copying": paper_copying, "paper-transfer": paper_transfer,
          "paper-mnist": paper_mnist, "paper-ablations": paper_ablations, "paper": paper,
-         "campaign-copying": campaign_copying, "smoke": smoke}
+         "campaign-copying": campaign_copying, "campaign-seeds": campaign_seeds,
+         "smoke": smoke}
 
 
 def catalog(grids_file=None):
