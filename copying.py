@@ -13,6 +13,11 @@ metrics.csv (one row per epoch), state.json, best_model.pt, last.pt (resumable w
 import os
 import sys
 
+if __name__ == "__main__":
+    # Before torch loads: it picks its CPU kernels once, at import (numerics.py, --numerics).
+    import numerics
+    numerics.pin_before_torch(sys.argv[1:])
+
 import numpy as np
 import torch
 from torch import nn

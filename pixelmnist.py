@@ -35,6 +35,11 @@ import sys
 import zlib
 from collections import namedtuple
 
+if __name__ == "__main__":
+    # Before torch loads: it picks its CPU kernels once, at import (numerics.py, --numerics).
+    import numerics
+    numerics.pin_before_torch(sys.argv[1:])
+
 import numpy as np
 import torch
 from torch import nn

@@ -2,7 +2,8 @@
 
 A run folder (``--save-dir``) holds:
 
-    config.json        the exact arguments, command line, device, versions, every resume
+    config.json        the exact arguments, command line, device, versions, numerics
+                       fingerprint (numerics.py), every resume (with its own fingerprint)
     metrics.csv        one row per finished epoch, always in step with last.pt
     last.pt            everything an exact resume needs (written after every epoch)
     best_model.pt      the best-validation weights (never the same file as last.pt)
@@ -26,11 +27,14 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 
 import numpy as np
 import torch
 
+from numerics import arithmetic_changes, fingerprint, warn_in_process
+from numerics import describe as describe_numerics
 from utils import (NothingToDo, RunStopped, UsageError, explicit_keys, merge_resume_args,
                    restore_rng_states, rng_states, warn_if_annealing_dominates)
 
@@ -146,14 +150,16 @@ def now_iso():
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def write_config(folder, task, args, argv, device):
-    """``config.json``: the exact arguments, the command line, versions and start time."""
+def write_config(folder, task, args, argv, device, numerics=None):
+    """``config.json``: the exact arguments, the command line, versions, the numerics
+    fingerprint (``numerics.fingerprint``) and start time."""
     import tensorboardX
     write_json(os.path.join(folder, "config.json"), {
         "task": task,
         "args": vars(args),
         "argv": list(argv),
         "device": str(device),
+        "numerics": numerics,
         "started": now_iso(),
         "resumed": [],
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -161,12 +167,24 @@ def write_config(folder, task, args, argv, device):
     })
 
 
-def note_resume(folder, argv, device):
+def note_resume(folder, argv, device, numerics=None, changes=()):
+    """Add a ``resumed`` entry to config.json: when, the command line, the device and numerics
+    fingerprint of this process, and what changed in the arithmetic, if anything."""
     path = os.path.join(folder, "config.json")
     config = read_json(path) if os.path.exists(path) else {}
-    config.setdefault("resumed", []).append(
-        {"at": now_iso(), "argv": list(argv), "device": str(device)})
+    entry = {"at": now_iso(), "argv": list(argv), "device": str(device), "numerics": numerics}
+    if changes:
+        entry["arithmetic_changed"] = list(changes)
+    config.setdefault("resumed", []).append(entry)
     write_json(path, config)
+
+
+def last_segment(config):
+    """The device and numerics fingerprint of the latest process that trained in a run, from
+    its config.json (the last ``resumed`` entry, else the start)."""
+    entries = [config] + list(config.get("resumed") or [])
+    last = entries[-1]
+    return last.get("device"), last.get("numerics")
 
 
 def write_state(folder, state, **fields):
@@ -524,9 +542,11 @@ class TrainingRun:
 
     def open(self, argv, device, last=None):
         """Start the run (clear the folder, write config.json) or restore it from ``last``."""
+        self.numerics = fingerprint(getattr(self.args, "numerics", "portable"), device)
+        warn_in_process(self.numerics)
         if last is None:
             clear_run_dir(self.folder)
-            write_config(self.folder, self.task, self.args, argv, device)
+            write_config(self.folder, self.task, self.args, argv, device, self.numerics)
         else:
             self.net.load_state_dict(last["model"])
             self.optimizer.load_state_dict(last["optimizer"])
@@ -535,7 +555,12 @@ class TrainingRun:
                         "history", "wall_time", "extra"):
                 setattr(self, key, last[key])
             rewind_event_log(self.folder, last["events"])
-            note_resume(self.folder, argv, device)
+            changes = self.arithmetic_changes(last, device)
+            if changes:
+                print(f"warning: resuming {self.folder} on other arithmetic ("
+                      + "; ".join(changes) + "): the continuation is not bit-identical to an "
+                      "uninterrupted run", file=sys.stderr, flush=True)
+            note_resume(self.folder, argv, device, self.numerics, changes)
         if self.lock is not None:
             self.lock.claim()
         write_metrics(self.folder, self.history)
@@ -560,9 +585,24 @@ class TrainingRun:
             fields["message"] = message
         write_state(self.folder, state, **fields)
 
+    def arithmetic_changes(self, last, device):
+        """What differs between the arithmetic that wrote ``last`` and this process's. The
+        checkpoint's fingerprint says it; a run made before fingerprints existed can still
+        tell its device (config.json), and is otherwise resumed quietly (nothing to compare)."""
+        before = last.get("numerics")
+        if before:
+            return arithmetic_changes(before, self.numerics)
+        config_path = os.path.join(self.folder, "config.json")
+        old_device = last_segment(read_json(config_path))[0] if os.path.exists(config_path) \
+            else None
+        if old_device and torch.device(old_device).type != torch.device(device).type:
+            return [f"device_type: {torch.device(old_device).type} -> "
+                    f"{torch.device(device).type}"]
+        return []
+
     def checkpoint_fields(self):
         return {"task": self.task, "config": vars(self.args), "model_config": self.model_config,
-                "model": self.net.state_dict()}
+                "model": self.net.state_dict(), "numerics": self.numerics}
 
     def save_last(self):
         """``last.pt``: everything an exact resume needs, at the current iteration."""
@@ -643,7 +683,8 @@ class TrainingRun:
 
     def finish(self, results):
         """Write ``results.json`` (with final epoch and wall time) and close the log."""
-        results = dict(results, final_epoch=self.epoch, wall_time_s=round(self.elapsed(), 1))
+        results = dict(results, final_epoch=self.epoch, wall_time_s=round(self.elapsed(), 1),
+                       numerics=self.numerics)
         write_json(os.path.join(self.folder, "results.json"), results)
         self.set_state("done")
         self.log.close()
@@ -689,6 +730,29 @@ class RunFolder:
 
     def holder_pid(self):
         return holder_pid(self.path)
+
+    def numerics(self, config=None):
+        """The numerics fingerprints of every process that trained in the run (config.json:
+        the start, then each resume), ``None`` for a process that predates fingerprints."""
+        config = self.config() if config is None else config
+        if not config:
+            return []
+        return [entry.get("numerics") for entry in [config] + list(config.get("resumed") or [])]
+
+    def numerics_label(self, config=None):
+        """How the run's arithmetic reads in a table: ``portable (AVX2)``; ``unrecorded`` for a
+        run older than fingerprints (``unrecorded, then portable (AVX2)`` once resumed with
+        one); ``mixed: a, b`` when its processes differed in it."""
+        labels = []
+        for record in self.numerics(config):
+            label = describe_numerics(record)
+            if label not in labels:
+                labels.append(label)
+        if len(labels) <= 1:
+            return labels[0] if labels else "unrecorded"
+        if len(labels) == 2 and labels[0] == "unrecorded":
+            return f"unrecorded, then {labels[1]}"
+        return "mixed: " + ", ".join(labels)
 
     def status(self):
         """A dict: ``state`` (one of not started, running, paused, stopped, interrupted,

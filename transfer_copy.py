@@ -9,10 +9,16 @@ fresh sequences of each delay T', generated with seed 555, with the same accurac
 import os
 import sys
 
+if __name__ == "__main__":
+    # Before torch loads: it picks its CPU kernels once, at import (numerics.py, --numerics).
+    import numerics
+    numerics.pin_before_torch(sys.argv[1:])
+
 import torch
 
 from copying import NUM_CLASSES, TASK, evaluate
 from model import HDetachNet
+from numerics import add_numerics_flag, fingerprint, warn_in_process
 from runfolder import read_checkpoint, read_json, write_json
 from utils import (ArgParser, UsageError, copying_symbols, positive_int, report_errors,
                    resolve_device, seed_value)
@@ -29,6 +35,7 @@ def build_parser():
     parser.flag("--test-size", type=positive_int, default=5000,
                 help="test sequences per delay (default 5000)")
     parser.flag("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_numerics_flag(parser)
     return parser
 
 
@@ -54,6 +61,8 @@ def load_model(model_dir, device):
 
 def run(args):
     device = resolve_device(args.device)
+    numerics = fingerprint(args.numerics, device)
+    warn_in_process(numerics)
     net, checkpoint, path, digest = load_model(args.model_dir, device)
     trained_t = checkpoint["config"].get("T")
     print(f"model: {path} (trained at T={trained_t}, epoch {checkpoint.get('epoch')}, "
@@ -79,7 +88,7 @@ def run(args):
     write_json(out, {"checkpoint": os.path.basename(path), "trained_T": trained_t,
                      "checkpoint_sha256": digest,
                      "checkpoint_epoch": checkpoint.get("epoch"), "seed": args.seed,
-                     "test_size": args.test_size,
+                     "test_size": args.test_size, "numerics": numerics,
                      "results": [results[delay] for delay in sorted(results)]})
     print(f"written: {out}")
     return 0

@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import torch
 
+from numerics import add_numerics_flag, configure_cuda
+
 
 class UsageError(Exception):
     """A user mistake: reported as one line on stderr, exit status 2, no traceback."""
@@ -150,11 +152,14 @@ def add_run_flags(parser, seed, lr, epochs, anneal_p):
     parser.flag("--until-epoch", type=positive_int, default=None, metavar="E",
                 help="stop cleanly once epoch E of the planned --n-epochs is done (last.pt "
                      "saved; --resume continues to the end exactly as one uninterrupted run)")
+    add_numerics_flag(parser)
 
 
 # Keys that may differ between a run and its resumption.
+# A change of --device or --numerics is allowed, and said (runfolder.TrainingRun.open): the
+# continuation is then not bit-identical to an uninterrupted run.
 RESUMABLE_KEYS = ("device", "impl", "overwrite", "resume", "checkpoint_every", "save_dir",
-                  "num_workers", "data_dir", "download", "until_epoch")
+                  "num_workers", "data_dir", "download", "until_epoch", "numerics")
 # Keys that hold for one process only: always taken from its command line.
 PER_PROCESS_KEYS = ("resume", "overwrite", "save_dir", "until_epoch")
 
@@ -202,13 +207,17 @@ def set_seed(seed):
 
 
 def resolve_device(name):
-    """``auto`` -> CUDA when present else CPU; ``cuda`` when absent is a usage error."""
+    """``auto`` -> CUDA when present else CPU; ``cuda`` when absent is a usage error. On CUDA
+    the settings that decide GPU arithmetic are made explicit (``numerics.configure_cuda``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for, but no CUDA device is available "
                          "(use --device cpu or auto)")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        configure_cuda()
+    return device
 
 
 def epochs_without_detach(n_epochs, anneal_p):

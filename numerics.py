@@ -1,0 +1,210 @@
+"""Which arithmetic a run uses, and its record: portable CPU kernels and the numerics fingerprint.
+
+The copying task turns a last-bit difference into a different run within a few epochs, so a
+seed only names a run if the arithmetic is pinned too. On x86-64, torch picks its vectorised
+CPU kernels (ATen) at the first operator call by the best instruction set present: AVX-512
+machines and AVX2 machines then sum in different orders and, from the same seed, train
+different runs. Measured: ``copying.py --T 100 --seed 3`` gives 17.304 % after epoch 1 with
+AVX2 kernels and 17.39 % with AVX-512 ones, and the runs part for good after that.
+
+``--numerics portable`` (the default) pins ATen's kernels, MKL's code path and oneDNN's ISA to
+AVX2 before torch is imported, so a CPU run is bit-identical on every x86-64 machine with AVX2
+or AVX-512 and the pinned torch (and on the AVX2 machines that made ``results/`` it changes
+nothing). ``--numerics native`` keeps the machine's fastest kernels and the environment as the
+user set it. The choice is read from the command line by ``pin_before_torch`` in a script's
+``__main__`` block, before its first ``import torch``: torch reads these settings once, when it
+loads, so a process that already runs torch (a test calling ``main(argv)``) keeps what it has,
+and ``fingerprint`` records what actually runs, never what was asked for.
+
+Nothing here runs on import, and this module never imports torch at module level.
+"""
+import os
+import platform
+import sys
+
+MODES = ("portable", "native")
+DEFAULT_MODE = "portable"
+# The environment of a portable CPU run. ATen falls back to the best level the CPU has when it
+# lacks AVX2, and the fingerprint then says so; MKL's conditional-numerical-reproducibility
+# branch is only named where the CPU is known to have AVX2 (see ``portable_environment``).
+ATEN_LEVEL = "avx2"
+MKL_BRANCH = "AVX2"
+ONEDNN_ISA = "AVX2"
+# cuBLAS's reproducible-GEMM workspace, read when CUDA starts (harmless on a CPU machine).
+CUBLAS_WORKSPACE = ":4096:8"
+# What must agree for a resumed run to continue the same arithmetic. The CPU model and the
+# thread count are recorded but not compared: pinned kernels give the same numbers on any
+# x86-64 CPU with AVX2, and 1 and 2 threads agree bit for bit (measured; tests/test_numerics.py).
+ARITHMETIC_KEYS = ("mode", "device_type", "aten_capability", "mkl_cbwr", "torch", "gpu_name",
+                   "tf32")
+
+
+def mode_from_argv(argv):
+    """The ``--numerics`` value of a command line, without parsing anything else (the parser
+    proper checks it later and reports a bad value in one line)."""
+    mode = DEFAULT_MODE
+    for index, word in enumerate(argv):
+        if word == "--numerics" and index + 1 < len(argv):
+            mode = argv[index + 1]
+        elif word.startswith("--numerics="):
+            mode = word.split("=", 1)[1]
+    return mode
+
+
+def cpu_flags():
+    """The CPU's feature flags where the system lists them (Linux), else an empty set."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def is_x86_64():
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def portable_environment():
+    """The environment variables portable mode sets on this machine (empty off x86-64)."""
+    if not is_x86_64():
+        return {}
+    env = {"ATEN_CPU_CAPABILITY": ATEN_LEVEL, "ONEDNN_MAX_CPU_ISA": ONEDNN_ISA}
+    if "avx2" in cpu_flags():
+        env["MKL_CBWR"] = MKL_BRANCH
+    return env
+
+
+def pin_before_torch(argv, environ=None):
+    """Set the environment of ``--numerics`` (read from ``argv``) for the torch this process is
+    about to import. Portable mode overrides a user's own ATen/MKL/oneDNN settings (they would
+    make the run another run); native mode leaves them alone. Returns the mode."""
+    environ = os.environ if environ is None else environ
+    mode = mode_from_argv(argv)
+    environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    if mode == "portable":
+        environ.update(portable_environment())
+    return mode
+
+
+def add_numerics_flag(parser):
+    parser.flag("--numerics", choices=MODES, default=DEFAULT_MODE,
+                help="portable (default): CPU kernels pinned to AVX2 on x86-64, so a seed gives "
+                     "the same run bit for bit on any x86-64 machine with AVX2 or AVX-512; "
+                     "native: this machine's fastest kernels, whose numbers may differ from "
+                     "another machine's after a few epochs (the same seed is then another run)")
+
+
+# ----------------------------------------------------------------------------- the record
+
+def _mkl_version(torch):
+    for line in torch.__config__.show().splitlines():
+        if "Math Kernel Library" in line:
+            return line.strip(" -").split(" for ")[0]
+    return None
+
+
+def fingerprint(mode, device):
+    """What decided this process's arithmetic, as plain values for config.json, results.json
+    and checkpoints. ``portable`` is whether portable mode's promise holds here (AVX2 kernels in
+    force); ``note`` says why not, when it does not."""
+    import numpy as np
+    import torch
+    device = torch.device(device)
+    capability = torch.backends.cpu.get_cpu_capability()
+    record = {
+        "mode": mode,
+        "device_type": device.type,
+        "aten_capability": capability,
+        "aten_requested": os.environ.get("ATEN_CPU_CAPABILITY"),
+        "mkl": _mkl_version(torch) if torch.backends.mkl.is_available() else None,
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
+        "torch": str(torch.__version__),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "gpu_name": None,
+        "tf32": None,
+    }
+    if mode == "portable":
+        record["portable"] = capability == ATEN_LEVEL.upper()
+        if not record["portable"]:
+            record["note"] = (
+                "no AVX2 kernels here (not an x86-64 CPU with AVX2): this run's CPU numbers "
+                "match only machines of the same kind" if capability != "AVX512" and
+                (not is_x86_64() or "avx2" not in cpu_flags()) else
+                f"torch was loaded before the AVX2 pin ({capability} kernels in force): "
+                "in-process use; start the script from the command line for portable numbers")
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        record.update({
+            "gpu_name": torch.cuda.get_device_name(index),
+            "gpu_capability": f"{major}.{minor}",
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "tf32": bool(torch.backends.cuda.matmul.allow_tf32
+                         or torch.backends.cudnn.allow_tf32),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        })
+    return record
+
+
+def configure_cuda():
+    """The settings that decide GPU arithmetic, made explicit: FP32 matmuls and convolutions
+    (no TF32: the LSTM's recurrences are in FP32, and TF32 rounds its inputs to 10 bits),
+    deterministic algorithms where torch has them (warn-only, so no run can crash on an op
+    without one), cuDNN's autotuner off. CUBLAS_WORKSPACE_CONFIG is set before CUDA starts
+    (``pin_before_torch``; here too, for in-process use before the first CUDA call)."""
+    import torch
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def arithmetic_changes(before, after):
+    """The arithmetic keys that differ between two fingerprints, as ``"key: a -> b"`` strings;
+    empty when ``before`` is missing (a run made before fingerprints existed)."""
+    if not before:
+        return []
+    return [f"{key}: {before.get(key)} -> {after.get(key)}" for key in ARITHMETIC_KEYS
+            if before.get(key) != after.get(key)]
+
+
+def describe(record):
+    """A short label of a fingerprint for tables: ``portable (AVX2)``, ``native (AVX512)``."""
+    if not record:
+        return "unrecorded"
+    label = f"{record.get('mode')} ({record.get('aten_capability')})"
+    if record.get("device_type") == "cuda":
+        label += f" {record.get('gpu_name')}"
+    return label
+
+
+def warn_in_process(record, stream=None):
+    """One line when portable mode was asked for but torch already ran other kernels."""
+    if record.get("mode") == "portable" and not record.get("portable"):
+        print(f"note: --numerics portable: {record.get('note')}", file=stream or sys.stderr,
+              flush=True)

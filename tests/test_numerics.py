@@ -1,0 +1,202 @@
+"""Portable numerics (numerics.py): the pin decides the numbers, the fingerprint records what
+ran, and a resume on other arithmetic says so."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import copying
+import numerics
+import pixelmnist
+import runfolder
+import transfer_copy
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--T", "6", "--train-size", "60", "--test-size", "40", "--batch_size", "20",
+        "--lstm-size", "8", "--n_epochs", "2", "--anneal-p", "1", "--p-detach", "0.5",
+        "--device", "cpu"]
+
+# A fixed run (10 iterations of T = 20 at the paper's width and batch, p = 0.25): its epoch-1
+# training and validation loss in portable mode, measured once on an AVX-512 machine (AMD EPYC,
+# torch 2.14.1, 1 thread) by `python copying.py <GOLDEN_RUN> --save-dir ...`. Portable mode runs
+# AVX2 kernels there, so the same bits must come out on every x86-64 machine with AVX2.
+GOLDEN_RUN = ["--T", "20", "--batch-size", "100", "--train-size", "1000", "--test-size", "200",
+              "--n-epochs", "1", "--anneal-p", "0", "--p-detach", "0.25", "--seed", "3",
+              "--device", "cpu"]
+GOLDEN_TRAIN_LOSS = 2.0683082342147827
+GOLDEN_VALID_LOSS = 1.8614681396484376
+
+has_avx2 = numerics.is_x86_64() and "avx2" in numerics.cpu_flags()
+
+
+def script_run(tmp_path, name, mode, threads, aten=None):
+    """Run the golden configuration as a user would (a fresh interpreter), with a user's own
+    ATEN_CPU_CAPABILITY in the environment when ``aten`` is given; its epoch-1 losses."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    env["OMP_NUM_THREADS"] = str(threads)
+    if aten:
+        env["ATEN_CPU_CAPABILITY"] = aten
+    folder = tmp_path / name
+    done = subprocess.run([sys.executable, str(ROOT / "copying.py"), *GOLDEN_RUN, "--numerics",
+                           mode, "--save-dir", str(folder)], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    row = runfolder.read_metrics(str(folder / "metrics.csv"))[0]
+    config = json.loads((folder / "config.json").read_text())
+    return row["train_loss"], row["valid_loss"], config["numerics"]
+
+
+@pytest.mark.skipif(not has_avx2, reason="portable numerics pin AVX2 kernels: x86-64 with AVX2")
+def test_the_pin_decides_the_numbers(tmp_path):
+    # Portable: the golden value, bit for bit, with one thread ...
+    train, valid, record = script_run(tmp_path, "portable", "portable", threads=1)
+    assert (train, valid) == (GOLDEN_TRAIN_LOSS, GOLDEN_VALID_LOSS)
+    assert record["mode"] == "portable" and record["aten_capability"] == "AVX2"
+    assert record["portable"] is True and record["threads"] == 1
+    # ... and with two threads and a user's environment asking for unvectorised kernels.
+    train, valid, record = script_run(tmp_path, "portable2", "portable", threads=2,
+                                      aten="default")
+    assert (train, valid) == (GOLDEN_TRAIN_LOSS, GOLDEN_VALID_LOSS)
+    assert record["threads"] == 2
+    # Native mode honours that environment: other kernels, other numbers.
+    train, valid, record = script_run(tmp_path, "native", "native", threads=1, aten="default")
+    assert record["mode"] == "native" and record["aten_capability"] == "DEFAULT"
+    assert train != GOLDEN_TRAIN_LOSS
+
+
+def test_pin_before_torch_sets_portable_environment_and_leaves_native_alone(monkeypatch):
+    monkeypatch.setattr(numerics.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(numerics, "cpu_flags", lambda: {"avx2", "avx512f"})
+    env = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+    assert numerics.pin_before_torch(["--T", "5"], env) == "portable"
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["MKL_CBWR"] == "AVX2"
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and env["CUBLAS_WORKSPACE_CONFIG"]
+    env = {"ATEN_CPU_CAPABILITY": "default"}
+    assert numerics.pin_before_torch(["--numerics=native"], env) == "native"
+    assert env["ATEN_CPU_CAPABILITY"] == "default" and "MKL_CBWR" not in env
+    # Off x86-64 there is no AVX2 to pin to: nothing is set, and the record will say so.
+    monkeypatch.setattr(numerics.platform, "machine", lambda: "aarch64")
+    env = {}
+    numerics.pin_before_torch([], env)
+    assert "ATEN_CPU_CAPABILITY" not in env and "MKL_CBWR" not in env
+
+
+def test_fingerprint_records_what_runs_not_what_was_asked(monkeypatch):
+    record = numerics.fingerprint("portable", "cpu")
+    for key in ("mode", "aten_capability", "mkl", "mkl_cbwr", "threads", "cpu", "torch",
+                "numpy", "python", "device_type"):
+        assert key in record
+    assert record["device_type"] == "cpu" and record["torch"] == str(torch.__version__)
+    # A process whose torch already runs other kernels (an in-process call) is recorded as it is.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    record = numerics.fingerprint("portable", "cpu")
+    assert record["aten_capability"] == "AVX512" and record["portable"] is False
+    assert "before the AVX2 pin" in record["note"]
+    assert numerics.describe(record) == "portable (AVX512)"
+
+
+def fingerprint_of(path):
+    return torch.load(path, weights_only=True)["numerics"]
+
+
+def test_fingerprint_in_config_results_and_checkpoints(tmp_path, capsys):
+    folder = tmp_path / "run"
+    assert copying.main(TINY + ["--save-dir", str(folder), "--until-epoch", "1"]) == 0
+    assert copying.main(TINY + ["--save-dir", str(folder), "--resume"]) == 0
+    config = json.loads((folder / "config.json").read_text())
+    results = json.loads((folder / "results.json").read_text())
+    records = [config["numerics"], config["resumed"][0]["numerics"], results["numerics"],
+               fingerprint_of(folder / "last.pt"), fingerprint_of(folder / "best_model.pt")]
+    for record in records:
+        assert record["mode"] == "portable"
+        assert record["aten_capability"] == torch.backends.cpu.get_cpu_capability()
+    # Same arithmetic throughout: no warning, no change recorded.
+    assert "warning: resuming" not in capsys.readouterr().err
+    assert "arithmetic_changed" not in config["resumed"][0]
+
+
+def rewrite_last(folder, change):
+    path = str(folder / "last.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    change(checkpoint)
+    runfolder.save_checkpoint(path, checkpoint)
+
+
+def test_resume_on_other_arithmetic_warns_in_one_line_and_is_recorded(tmp_path, capsys):
+    folder = tmp_path / "run"
+    copying.main(TINY + ["--save-dir", str(folder), "--until-epoch", "1"])
+    capsys.readouterr()
+    # As if the first epoch had run on an AVX-512 machine in native mode.
+    rewrite_last(folder, lambda c: c["numerics"].update(aten_capability="AVX512",
+                                                       mode="native"))
+    assert copying.main(TINY + ["--save-dir", str(folder), "--resume", "--numerics",
+                                "portable"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("warning: resuming")]
+    assert len(warnings) == 1
+    assert "mode: native -> portable" in warnings[0]
+    assert "aten_capability: AVX512 -> " in warnings[0] and "not bit-identical" in warnings[0]
+    entry = json.loads((folder / "config.json").read_text())["resumed"][-1]
+    assert any(change.startswith("aten_capability") for change in entry["arithmetic_changed"])
+
+
+def test_resume_with_native_of_a_portable_run_is_a_change(tmp_path, capsys):
+    folder = tmp_path / "run"
+    copying.main(TINY + ["--save-dir", str(folder), "--until-epoch", "1"])
+    capsys.readouterr()
+    copying.main(TINY + ["--save-dir", str(folder), "--resume", "--numerics", "native"])
+    assert "mode: portable -> native" in capsys.readouterr().err
+    config = json.loads((folder / "config.json").read_text())
+    assert config["resumed"][-1]["numerics"]["mode"] == "native"
+
+
+def test_runs_older_than_the_fingerprint_resume_quietly_unless_the_device_changed(tmp_path,
+                                                                                  capsys):
+    folder = tmp_path / "run"
+    copying.main(TINY + ["--save-dir", str(folder), "--until-epoch", "1", "--n_epochs", "3"])
+    rewrite_last(folder, lambda c: c.pop("numerics"))
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("numerics")
+    config_path.write_text(json.dumps(config))
+    capsys.readouterr()
+    copying.main(TINY + ["--save-dir", str(folder), "--resume", "--until-epoch", "2",
+                         "--n_epochs", "3"])
+    assert "warning: resuming" not in capsys.readouterr().err
+    # The same old run, had it been trained on a GPU: the device change is said.
+    rewrite_last(folder, lambda c: c.pop("numerics"))
+    config = json.loads(config_path.read_text())
+    config["resumed"][-1].update(device="cuda:0", numerics=None)
+    config_path.write_text(json.dumps(config))
+    copying.main(TINY + ["--save-dir", str(folder), "--resume", "--n_epochs", "3"])
+    assert "device_type: cuda -> cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main", [copying.main, pixelmnist.main, transfer_copy.main])
+def test_bad_numerics_is_one_line(main, tmp_path, capsys):
+    argv = ["--numerics", "nonsense"]
+    argv += ["--model-dir", str(tmp_path)] if main is transfer_copy.main else \
+        ["--save-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--numerics" in err[0] and "nonsense" in err[0]
+
+
+def test_run_folder_labels_its_arithmetic(tmp_path):
+    portable = {"mode": "portable", "aten_capability": "AVX2", "device_type": "cpu"}
+    native = {"mode": "native", "aten_capability": "AVX512", "device_type": "cpu"}
+    cases = [({"numerics": portable, "resumed": [{"numerics": portable}]}, "portable (AVX2)"),
+             ({"resumed": []}, "unrecorded"),
+             ({"resumed": [{"device": "cpu"}, {"numerics": portable}]},
+              "unrecorded, then portable (AVX2)"),
+             ({"numerics": portable, "resumed": [{"numerics": native}]},
+              "mixed: portable (AVX2), native (AVX512)")]
+    for config, label in cases:
+        assert runfolder.RunFolder(str(tmp_path)).numerics_label(config) == label
