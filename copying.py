@@ -9,6 +9,10 @@ draws its batch with replacement; the loss is the cross-entropy at every step. V
 accuracy counts the last 10 steps. The run folder gets TensorBoard events, config.json,
 metrics.csv (one row per epoch), state.json, best_model.pt, last.pt (resumable with --resume;
 --until-epoch E pauses there) and, at the end, results.json (see runfolder.py).
+
+--rng authors (default) draws everything as the authors' copying.py does, so --seed N is their
+seed N; --rng kit (every run before the flag) gives every setting of a seed the same data,
+initial weights and batches (see the README's Seeds section).
 """
 import os
 import sys

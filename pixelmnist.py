@@ -25,6 +25,10 @@ permutation.json (the pixel order the model reads), best_model.pt (at the best-v
 with its test accuracy and the pixel order), last.pt (resumable with --resume) and, at the end,
 results.json: best_valid_accuracy, best_valid_loss, best_epoch, test_accuracy and test_loss (at
 best_epoch), final_valid_accuracy, final_epoch, wall_time_s, and the run's main settings.
+
+--rng authors (default) draws everything as the authors' pixelmnist.py does (their DataLoaders'
+draws included), so --seed N is their seed N; --rng kit (every run before the flag) gives every
+setting of a seed the same initial weights and orders (see the README's Seeds section).
 """
 import argparse
 import gzip
