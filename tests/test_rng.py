@@ -349,3 +349,14 @@ def test_pixelmnist_resume_is_exact(small_mnist, tmp_path, rng):
         [r["train/epoch_loss"] for r in b["history"]]
     assert [dict(r, elapsed_s=None) for r in metrics(straight)] == \
         [dict(r, elapsed_s=None) for r in metrics(split)]
+
+
+def test_report_counts_a_pre_flag_run_as_kit_and_rng_as_a_stream_not_a_setting():
+    import report
+    old = report.normalise_args("copying", {"T": 100, "p_detach": 0.5, "seed": 3})
+    new = report.normalise_args("copying", {"T": 100, "p_detach": 0.5, "seed": 3,
+                                            "rng": "authors"})
+    assert old["rng"] == "kit" and new["rng"] == "authors"
+    # Two seeds of one setting, not two settings; rng is never shown as what sets one apart.
+    assert report.setting_key("copying", old) == report.setting_key("copying", new)
+    assert report.modifiers("copying", old, "copying T=100", set()) == []
