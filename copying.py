@@ -9,6 +9,10 @@ draws its batch with replacement; the loss is the cross-entropy at every step. V
 accuracy counts the last 10 steps. The run folder gets TensorBoard events, config.json,
 metrics.csv (one row per epoch), state.json, best_model.pt, last.pt (resumable with --resume;
 --until-epoch E pauses there) and, at the end, results.json (see runfolder.py).
+
+--rng authors (default) draws everything as the authors' copying.py does, so --seed N is their
+seed N; --rng kit (every run before the flag) gives every setting of a seed the same data,
+initial weights and batches (see the README's Seeds section).
 """
 import os
 import sys
@@ -23,11 +27,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model import HDetachNet
+from model import HDetachNet, authors_net
 from runfolder import TrainingRun, parse_run_args
-from utils import (ArgParser, StopSignals, UsageError, add_run_flags, copying_batch,
-                   copying_symbols, finite_float, p_in_force, positive_int, report_errors,
-                   resolve_device, set_seed)
+from utils import (ArgParser, StopSignals, UsageError, add_run_flags, authors_copying_symbols,
+                   copying_batch, copying_symbols, finite_float, p_in_force, positive_int,
+                   report_errors, resolve_device, set_seed)
 
 TASK = "copying"
 NUM_CLASSES = 9
@@ -79,18 +83,29 @@ def run(args, argv, last, lock=None):
         raise UsageError(f"--train-size ({args.train_size}) must be at least --batch-size "
                          f"({args.batch_size})")
     set_seed(args.seed)
-    # Separate streams for data, batch indices and h-detach draws, all from the one seed.
-    seeds = np.random.SeedSequence(args.seed).generate_state(3, dtype=np.uint64)
-    data_gen, batch_gen, detach_gen = (torch.Generator().manual_seed(int(s)) for s in seeds)
-    train_symbols = copying_symbols(args.train_size, data_gen)
-    valid_symbols = copying_symbols(args.test_size, data_gen)
     # detach is part of what the network is: HDetachNet(**model_config) rebuilds it as trained
     model_config = {"input_size": 1, "hidden_size": args.lstm_size, "num_classes": NUM_CLASSES,
                     "detach": args.detach}
-    net = HDetachNet(**model_config, impl=args.impl).to(device)
+    authors = args.rng == "authors"
+    if authors:
+        # The authors' copying.py, in its order: the network (torch's global generator), then
+        # the training and the validation sequences (numpy's); per iteration, numpy's batch
+        # indices, one unused draw, and the detach draws. last.pt keeps the global states.
+        net = authors_net(HDetachNet, **model_config, impl=args.impl).to(device)
+        train_symbols = authors_copying_symbols(args.train_size)
+        valid_symbols = authors_copying_symbols(args.test_size)
+        generators = {}
+        detach_gen = np.random
+    else:
+        # Separate streams for data, batch indices and h-detach draws, all from the one seed.
+        seeds = np.random.SeedSequence(args.seed).generate_state(3, dtype=np.uint64)
+        data_gen, batch_gen, detach_gen = (torch.Generator().manual_seed(int(s)) for s in seeds)
+        train_symbols = copying_symbols(args.train_size, data_gen)
+        valid_symbols = copying_symbols(args.test_size, data_gen)
+        net = HDetachNet(**model_config, impl=args.impl).to(device)
+        generators = {"batches": batch_gen, "detach": detach_gen}
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
-    run = TrainingRun(TASK, args, net, optimizer,
-                      {"batches": batch_gen, "detach": detach_gen}, model_config, lock=lock)
+    run = TrainingRun(TASK, args, net, optimizer, generators, model_config, lock=lock)
     iters = args.train_size // args.batch_size
     # Signals are caught before the run says it is running: a SIGTERM from then on always ends
     # in a saved last.pt (after the current iteration), never in a killed process.
@@ -101,7 +116,12 @@ def run(args, argv, last, lock=None):
             bar = tqdm(total=iters, initial=run.epoch_iteration, leave=False, disable=None,
                        desc=f"epoch {run.epoch + 1}/{args.n_epochs}")
             while run.epoch_iteration < iters:
-                index = torch.randint(args.train_size, (args.batch_size,), generator=batch_gen)
+                if authors:
+                    index = torch.from_numpy(np.random.choice(args.train_size, args.batch_size))
+                    np.random.random(size=1)  # drawn by the authors' loop and never used
+                else:
+                    index = torch.randint(args.train_size, (args.batch_size,),
+                                          generator=batch_gen)
                 x, y = copying_batch(train_symbols[index], args.T)
                 x, y = x.to(device), y.to(device)
                 logits = net(x, p=p, generator=detach_gen)

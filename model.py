@@ -45,10 +45,14 @@ def draw_detach_mask(steps, p, generator=None):
     ``p <= 0`` draws nothing and returns None (plain BPTT), so vanilla runs leave the draw
     stream untouched. The draws come from ``generator`` (a CPU ``torch.Generator``), or from
     torch's global CPU generator when it is None; drawing on the CPU keeps a seeded run's draws
-    identical on CPU and GPU.
+    identical on CPU and GPU. A numpy source (``numpy.random`` itself, or a ``RandomState``)
+    draws ``random(steps)`` from it: the authors' scripts draw one ``np.random.random()`` per
+    step, and one call of ``steps`` draws is the same stream (``--rng authors``).
     """
     if p <= 0:
         return None
+    if generator is not None and not isinstance(generator, torch.Generator):
+        return (generator.random(steps) <= p).tolist()
     u = torch.rand(steps, generator=generator, dtype=torch.float64)
     return (u <= p).tolist()
 
@@ -466,3 +470,45 @@ class HDetachNet(nn.Module):
                 logits_t = torch.baddbmm(bias.unsqueeze(1), weight, out_t)
             return logits_t.transpose(1, 2).contiguous()
         return self.readout(out)
+
+
+def init_like_authors(net):
+    """Give ``net`` (an ``HDetachNet``) the initial weights the authors' ``Net`` draws, from
+    torch's global generator, consuming exactly the draws theirs does (``--rng authors``).
+
+    Their LSTM (``lstm_cell.py``) holds two ``nn.Linear`` layers, input (I -> 4H) and recurrent
+    (H -> 4H), built with torch's default init, then redraws all four tensors uniform in
+    +-1/sqrt(H) in the order input weight, input bias, recurrent weight, recurrent bias; the
+    readout ``nn.Linear(H, classes)`` is built after. Their gate rows are (i, f, o, g); ours
+    follow ``nn.LSTM``'s (i, f, g, o), so the last two blocks are swapped on the way in.
+    Building ``net`` itself drew from the global generator too: build it inside
+    ``torch.random.fork_rng`` so that those draws do not count (see ``authors_net``).
+    """
+    lstm = net.lstm
+    hidden, inputs = lstm.hidden_size, lstm.input_size
+    with torch.no_grad():
+        i2h = nn.Linear(inputs, 4 * hidden)
+        h2h = nn.Linear(hidden, 4 * hidden)
+        bound = 1.0 / math.sqrt(hidden)
+        for tensor in (i2h.weight, i2h.bias, h2h.weight, h2h.bias):
+            tensor.uniform_(-bound, bound)
+        readout = nn.Linear(hidden, net.readout.out_features)
+
+        def ifgo(rows):  # (i, f, o, g) -> (i, f, g, o)
+            i, f, o, g = rows.split(hidden, 0)
+            return torch.cat((i, f, g, o), 0)
+        for ours, theirs in ((lstm.weight_ih, i2h.weight), (lstm.bias_ih, i2h.bias),
+                             (lstm.weight_hh, h2h.weight), (lstm.bias_hh, h2h.bias)):
+            ours.copy_(ifgo(theirs))
+        net.readout.weight.copy_(readout.weight)
+        net.readout.bias.copy_(readout.bias)
+    return net
+
+
+def authors_net(net_class=None, **config):
+    """A ``net_class(**config)`` (default ``HDetachNet``) whose initial weights are the authors'
+    (``init_like_authors``), having moved torch's global generator exactly as building their
+    ``Net`` does."""
+    with torch.random.fork_rng(devices=[]):
+        net = (net_class or HDetachNet)(**config)
+    return init_like_authors(net)

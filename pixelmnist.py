@@ -25,6 +25,10 @@ permutation.json (the pixel order the model reads), best_model.pt (at the best-v
 with its test accuracy and the pixel order), last.pt (resumable with --resume) and, at the end,
 results.json: best_valid_accuracy, best_valid_loss, best_epoch, test_accuracy and test_loss (at
 best_epoch), final_valid_accuracy, final_epoch, wall_time_s, and the run's main settings.
+
+--rng authors (default) draws everything as the authors' pixelmnist.py does (their DataLoaders'
+draws included), so --seed N is their seed N; --rng kit (every run before the flag) gives every
+setting of a seed the same initial weights and orders (see the README's Seeds section).
 """
 import argparse
 import gzip
@@ -45,7 +49,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model import HDetachNet
+from model import HDetachNet, authors_net
 from runfolder import TrainingRun, parse_run_args, write_json
 from utils import (ArgParser, StopSignals, UsageError, add_run_flags, finite_float,
                    non_negative_int, p_in_force, positive_int, report_errors, resolve_device,
@@ -240,6 +244,20 @@ def pixel_permutation(seed):
     return torch.from_numpy(np.random.RandomState(seed).permutation(PIXELS)).long()
 
 
+def loader_draws(size=None):
+    """The draws one pass of the authors' ``DataLoader`` makes from torch's global generator on
+    the pinned torch (2.14), and the order it yields (``--rng authors``).
+
+    Every iterator draws its workers' base seed (``torch.empty((), dtype=torch.int64)
+    .random_()``) when it is created; a ``SubsetRandomSampler`` over ``size`` indices then
+    draws ``torch.randperm(size)`` (lazily, so after the base seed, with or without workers).
+    Returns the positions in sampler order, or None for an unshuffled loader (``size=None``,
+    their test loader). Their validation order is random too: its draws move the stream even
+    though an accuracy does not depend on the order."""
+    torch.empty((), dtype=torch.int64).random_()
+    return None if size is None else torch.randperm(size)
+
+
 def pixel_sequences(images, pixel_order):
     """(B, 784) uint8 images -> (784, B, 1) float inputs, time-major, read in ``pixel_order``.
 
@@ -279,18 +297,29 @@ def run(args, argv, last, lock=None):
                                      device)
     del train_file, test_file
     set_seed(args.seed)
-    # Separate streams for the epochs' orders and the h-detach draws, from the one seed.
-    seeds = np.random.SeedSequence(args.seed).generate_state(2, dtype=np.uint64)
-    order_gen, detach_gen = (torch.Generator().manual_seed(int(s)) for s in seeds)
-    permutation = pixel_permutation(args.seed) if args.permute else torch.arange(PIXELS)
     # detach is part of what the network is: HDetachNet(**model_config) rebuilds it as trained
     model_config = {"input_size": 1, "hidden_size": args.lstm_size, "num_classes": NUM_CLASSES,
                     "detach": args.detach}
-    net = HDetachNet(**model_config, impl=args.impl).to(device)
+    authors = args.rng == "authors"
+    if authors:
+        # The authors' pixelmnist.py, in its order: the network (torch's global generator),
+        # the permutation (numpy's), then per epoch the training loader's draws (torch's), per
+        # step the detach draws (numpy's), and the validation (and, when it improved, test)
+        # loader's draws. last.pt keeps the global states.
+        net = authors_net(HDetachNet, **model_config, impl=args.impl).to(device)
+        permutation = (torch.from_numpy(np.random.permutation(PIXELS)).long() if args.permute
+                       else torch.arange(PIXELS))
+        generators, order_gen, detach_gen = {}, None, np.random
+    else:
+        # Separate streams for the epochs' orders and the h-detach draws, from the one seed.
+        seeds = np.random.SeedSequence(args.seed).generate_state(2, dtype=np.uint64)
+        order_gen, detach_gen = (torch.Generator().manual_seed(int(s)) for s in seeds)
+        permutation = pixel_permutation(args.seed) if args.permute else torch.arange(PIXELS)
+        net = HDetachNet(**model_config, impl=args.impl).to(device)
+        generators = {"order": order_gen, "detach": detach_gen}
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
-    run = TrainingRun(TASK, args, net, optimizer, {"order": order_gen, "detach": detach_gen},
-                      model_config, extra={"permutation": permutation, "data_sha256": fingerprint},
-                      lock=lock)
+    run = TrainingRun(TASK, args, net, optimizer, generators, model_config,
+                      extra={"permutation": permutation, "data_sha256": fingerprint}, lock=lock)
     # Signals are caught before the run says it is running: a SIGTERM from then on always ends
     # in a saved last.pt (after the current iteration), never in a killed process.
     with StopSignals() as stop:
@@ -311,7 +340,8 @@ def run(args, argv, last, lock=None):
             if run.epoch_iteration == 0:
                 # Drawn at the epoch's start and kept in last.pt, so a mid-epoch resume goes on
                 # with the same order (and the generator's state with the next epoch's).
-                run.extra["order"] = torch.randperm(args.train_size, generator=order_gen)
+                run.extra["order"] = (loader_draws(args.train_size) if authors else
+                                      torch.randperm(args.train_size, generator=order_gen))
             order = run.extra["order"]
             bar = tqdm(total=iters, initial=run.epoch_iteration, leave=False, disable=None,
                        desc=f"epoch {run.epoch + 1}/{args.n_epochs}")
@@ -330,12 +360,16 @@ def run(args, argv, last, lock=None):
                     print(run.stop(stop.requested, COMMAND), flush=True)
                     return 0
             bar.close()
+            if authors:
+                loader_draws(args.valid_size)
             val_loss, val_acc = evaluate(net, valid, pixel_order, batch)
             record = {"train/epoch_loss": run.epoch_loss_sum / iters, "valid/loss": val_loss,
                       "valid/accuracy": val_acc, "p_detach": p}
             # The protocol measures the test set only when validation strictly improves; the
             # same strict rule decides best_model.pt, so it always carries its test accuracy.
             best_fields = None
+            if authors and val_acc > (run.best["accuracy"] or 0.0):
+                loader_draws()  # their test pass, made when validation beat their best (from 0)
             if run.best["accuracy"] is None or val_acc > run.best["accuracy"]:
                 test_loss, test_acc = evaluate(net, test, pixel_order, batch)
                 record.update({"test/accuracy": test_acc, "test/loss": test_loss})

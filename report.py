@@ -27,13 +27,16 @@ import textwrap
 from collections import namedtuple
 
 from runfolder import RUN_FILES, DamagedFile, RunFolder, atomic_write, file_sha256
-from utils import RESUMABLE_KEYS, ArgParser, UsageError, report_errors
+from utils import PREDATED_VALUES, RESUMABLE_KEYS, ArgParser, UsageError, report_errors
 
 TASKS = ("copying", "pixelmnist")
 # Arguments that say where or how one process ran, not what was trained: never part of a
 # setting (a run resumed on another device, or moved, is the same run).
 # These are exactly the keys a resume may change.
 PROCESS_KEYS = frozenset(RESUMABLE_KEYS)
+# Which random draws a run made (its seed, and whose streams, --rng), not what was trained:
+# runs that differ only there are seeds of one setting.
+STREAM_KEYS = frozenset({"seed", "rng"})
 # Arguments shown by the setting's own label or its experiment, never as a modifier.
 LABEL_KEYS = frozenset({"seed", "p_detach", "detach", "T", "permute"})
 TRANSFER_T = (200, 400, 500, 1000, 2000, 5000)  # the paper's transfer table
@@ -181,11 +184,12 @@ def task_defaults(task):
 
 
 def normalise_args(task, args):
-    """The run's arguments as its setting sees them: flags the run predates take today's
-    defaults; a missing ``detach`` is h-detach (the only kind before the flag); p <= 0 is
+    """The run's arguments as its setting sees them: flags the run predates take the value
+    they had in effect (``PREDATED_VALUES``: ``rng`` kit) or today's defaults; a missing
+    ``detach`` is h-detach (the only kind before the flag); p <= 0 is
     plain BPTT whatever its value and whichever state it would detach, so all of it is one
     setting; so is every clip value <= 0 (no clipping)."""
-    merged = dict(task_defaults(task), **args)
+    merged = {**task_defaults(task), **PREDATED_VALUES, **args}
     merged.setdefault("detach", "h")
     if merged.get("p_detach") is None or merged["p_detach"] <= 0:
         merged["p_detach"], merged["detach"] = -1.0, "h"
@@ -197,7 +201,8 @@ def normalise_args(task, args):
 def setting_key(task, args):
     """Everything that defines what was trained, except the seed, as a canonical string."""
     return json.dumps([task, {key: value for key, value in sorted(args.items())
-                              if key not in PROCESS_KEYS and key != "seed"}], sort_keys=True)
+                              if key not in PROCESS_KEYS and key not in STREAM_KEYS}],
+                      sort_keys=True)
 
 
 def fmt_lr(value):
@@ -249,7 +254,7 @@ def modifiers(task, args, experiment, varying):
     defaults = task_defaults(task)
     shown = []
     for key in sorted(args):
-        if key in PROCESS_KEYS or key in LABEL_KEYS:
+        if key in PROCESS_KEYS or key in LABEL_KEYS or key in STREAM_KEYS:
             continue
         if key in ("clip", "lr") and "no clipping" in experiment:
             continue
@@ -407,7 +412,8 @@ def group_settings(runs):
         setting = {"experiment": first["experiment"], "task": first["task"],
                    "base": first["base"], "label": label, "modifiers": shown,
                    "protocol": not shown, "args": {k: v for k, v in first["args"].items()
-                                                   if k not in PROCESS_KEYS and k != "seed"},
+                                                   if k not in PROCESS_KEYS
+                                                   and k not in STREAM_KEYS},
                    "runs": members}
         settings.append(setting)
     disambiguate(settings)

@@ -35,8 +35,9 @@ import torch
 
 from numerics import arithmetic_changes, fingerprint, warn_in_process
 from numerics import describe as describe_numerics
-from utils import (NothingToDo, RunStopped, UsageError, explicit_keys, merge_resume_args,
-                   restore_rng_states, rng_states, warn_if_annealing_dominates)
+from utils import (PREDATED_VALUES, NothingToDo, RunStopped, UsageError, explicit_keys,
+                   merge_resume_args, restore_rng_states, rng_states,
+                   warn_if_annealing_dominates)
 
 CHECKPOINT_FORMAT = "h-detach-checkpoint/1"
 # Files a run folder may hold; their presence marks a folder as holding a run.
@@ -482,7 +483,8 @@ def parse_run_args(parser, argv, task):
     """Parse a training script's arguments and take the run folder's lock.
 
     Returns ``(args, last, lock)``: with ``--resume`` the stored run's arguments are the base
-    (flags left out keep their stored values; flags the run predates take their defaults) and
+    (flags left out keep their stored values; flags the run predates take the value it had in
+    effect, ``PREDATED_VALUES``, or else their defaults) and
     ``last`` is its ``last.pt``. The caller keeps ``lock`` for as long as it trains."""
     args = parser.parse_args(argv)
     if os.path.exists(args.save_dir) and not os.path.isdir(args.save_dir):
@@ -496,7 +498,7 @@ def parse_run_args(parser, argv, task):
         if args.resume:
             last = load_checkpoint(os.path.join(args.save_dir, "last.pt"), task=task)
             defaults = {key: parser.get_default(key) for key in vars(args)}
-            stored = dict(defaults, **last["config"])
+            stored = {**defaults, **PREDATED_VALUES, **last["config"]}
             args = merge_resume_args(args, explicit_keys(parser, argv), stored)
             if last["epoch"] >= args.n_epochs and \
                     os.path.exists(os.path.join(args.save_dir, "results.json")):

@@ -132,6 +132,14 @@ def add_run_flags(parser, seed, lr, epochs, anneal_p):
                      "method) or c (c-detach, the paper's ablation) (default h)")
     parser.flag("--save-dir", required=True, help="the run folder to create (or resume)")
     parser.flag("--seed", type=seed_value, default=seed, help=f"random seed (default {seed})")
+    parser.flag("--rng", choices=RNG_MODES, default="authors",
+                help="where the randomness comes from. authors (default): numpy's and torch's "
+                     "global generators drawn in the authors' scripts' order, so --seed N is "
+                     "the authors' seed N (their data, initial weights, batches and detach "
+                     "draws). kit: the kit's own seeded streams, which give every setting of "
+                     "one seed the same data, initial weights and batches (only the detach "
+                     "draws differ), a paired comparison between settings; every run made "
+                     "before this flag existed is kit, and resumes as kit")
     parser.flag("--lr", type=positive_float, default=lr, help=f"Adam learning rate (default {lr})")
     parser.flag("--batch-size", type=positive_int, default=100, help="batch size (default 100)")
     parser.flag("--n-epochs", type=positive_int, default=epochs,
@@ -154,6 +162,12 @@ def add_run_flags(parser, seed, lr, epochs, anneal_p):
                      "saved; --resume continues to the end exactly as one uninterrupted run)")
     add_numerics_flag(parser)
 
+
+# Where the randomness comes from (--rng): the authors' global streams, or the kit's own.
+RNG_MODES = ("authors", "kit")
+# The value a stored run that predates a flag had in effect: such a run resumes with it (not
+# with today's default). Runs made before --rng drew from the kit's streams.
+PREDATED_VALUES = {"rng": "kit"}
 
 # Keys that may differ between a run and its resumption.
 # A change of --device or --numerics is allowed, and said (runfolder.TrainingRun.open): the
@@ -274,6 +288,14 @@ def copying_batch(symbols, delay):
     y = torch.zeros(steps, batch, dtype=torch.long, device=symbols.device)
     y[-COPY_LENGTH:] = sym
     return x.unsqueeze(-1).float(), y
+
+
+def authors_copying_symbols(n, source=np.random):
+    """The 10 data symbols of ``n`` copying sequences as the authors' ``generator.py`` draws
+    them from numpy's global generator (or ``source``, a ``RandomState``): per sequence
+    ``randint(8, size=10)``, an index into the symbols 1..8. One call for all ``n`` sequences
+    is the same stream as their ``n`` calls. (n, 10) uint8."""
+    return torch.from_numpy((source.randint(8, size=(n, COPY_LENGTH)) + 1).astype(np.uint8))
 
 
 def make_copying_data(n, delay, generator):

@@ -156,7 +156,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(tiny_run):
 
 def test_transfer_prints_table_and_writes_json(tiny_run, capsys):
     assert transfer_copy.main(["--model-dir", str(tiny_run), "--T", "6", "12",
-                               "--test-size", "30", "--device", "cpu"]) == 0
+                               "--test-size", "30", "--device", "cpu", "--rng", "kit"]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "\n    12" in out
     data = json.loads((tiny_run / "transfer.json").read_text())
@@ -171,7 +171,7 @@ def test_transfer_prints_table_and_writes_json(tiny_run, capsys):
     assert data["results"][0]["accuracy"] == pytest.approx(acc)
     # A later call for another delay keeps the earlier rows.
     transfer_copy.main(["--model-dir", str(tiny_run / "best_model.pt"), "--T", "9",
-                        "--test-size", "30", "--device", "cpu"])
+                        "--test-size", "30", "--device", "cpu", "--rng", "kit"])
     data = json.loads((tiny_run / "transfer.json").read_text())
     assert [row["T"] for row in data["results"]] == [6, 9, 12]
 
