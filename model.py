@@ -141,6 +141,26 @@ def _is_fake(tensor):
     return is_fake(tensor)
 
 
+def eval_chunk_size(device, count, steps, hidden, classes, cpu_chunk, inputs=1):
+    """How many sequences an evaluation runs at once (under ``torch.no_grad()``).
+
+    On the CPU: ``cpu_chunk``, unchanged (the committed runs' numbers depend on it). On CUDA,
+    where a chunk costs the same launches whatever its size: as many as half the free device
+    memory holds, up to all ``count``. A sequence then needs about 4 bytes per step for
+    each of z's rows (the inference path's state, see ``_fast_forward``), three copies of the
+    logits (readout, its contiguous copy, log-softmax) and the inputs and targets.
+    """
+    if device.type != "cuda":
+        return cpu_chunk
+    width = -(-(hidden + inputs + 1) // 8) * 8
+    per_sequence = 4 * (steps + 1) * (width + 3 * classes + inputs + 2)
+    return int(max(1, min(count, _cuda_free_bytes(device) // 2 // per_sequence)))
+
+
+def _cuda_free_bytes(device):
+    return torch.cuda.mem_get_info(device)[0]
+
+
 class _BufferPool:
     """Keeps the CPU fast path's saved activations for reuse by the next call.
 
