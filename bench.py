@@ -1,7 +1,7 @@
 """Time one full h-detach training step (forward, backward, clipping, Adam) side by side.
 
     python bench.py            # the table and, as the last line, one JSON object
-    python bench.py --quick    # fewer repetitions, for a smoke check (about 3-5 minutes on
+    python bench.py --quick    # fewer repetitions, for a smoke check (several minutes on
                                # 2 CPU cores; it says how long once it has timed a warm-up)
 
 It prints its progress and each result as it is measured (to stderr, the tables to stdout).
@@ -443,8 +443,8 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     progress(f"bench: {reps} timed steps per candidate, {len(SHAPES)} shapes on "
-             f"{', '.join(d.type for d in devices)}; with --quick about 3-5 minutes on 2 CPU "
-             "cores (more on a loaded machine), an estimate per shape follows its warm-up")
+             f"{', '.join(d.type for d in devices)}: several minutes on 2 CPU cores with --quick "
+             "(more on a loaded machine); an estimate per shape follows its warm-up round")
     result = {d.type: bench_device(d, reps) for d in devices}
     print(json.dumps(result))
     return result
