@@ -156,13 +156,12 @@ def _cuda_path(enabled):
     if not enabled:
         yield
         return
-    old = model._per_chunk_weight_grad, model._SUB_BYTES
-    model._per_chunk_weight_grad = lambda device: True
-    model._SUB_BYTES = model._SUB_BYTES_CUDA
+    old = model._per_chunk_weight_grad
+    model._per_chunk_weight_grad = lambda device: True  # which also takes CUDA's sub-chunks
     try:
         yield
     finally:
-        model._per_chunk_weight_grad, model._SUB_BYTES = old
+        model._per_chunk_weight_grad = old
 
 
 # Ops that launch no kernel: views, bare allocations, and item() (the profiled items are Adam's
