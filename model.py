@@ -19,6 +19,10 @@ Two implementations of the same layer, selected with ``impl``:
   backward. Per step the forward is one matmul (input, recurrent and bias terms at once) and six
   elementwise ops; the backward is two elementwise ops, the weight-gradient matmul and, unless the
   step's h is cut, the recurrent ``dh`` matmul; everything else is done for many steps at once.
+  On CUDA the weight-gradient matmul is one per block of steps instead (one launch less a step;
+  another summation order, so the CPU keeps the per-step one: ``_per_chunk_weight_grad``), and
+  nothing in the forward or backward waits for the device (no host-to-device copy but c-detach's
+  mask, non-blocking from pinned memory).
   Exact: the same values and gradients as the reference up to rounding (tests/test_model.py).
   Its ``out`` is a (T, B, H) view of a (T, H, B) buffer (not contiguous; ``.contiguous()`` it
   if needed); ``HDetachNet`` reads it out in that layout.
