@@ -1,7 +1,10 @@
 """Time one full h-detach training step (forward, backward, clipping, Adam) side by side.
 
     python bench.py            # the table and, as the last line, one JSON object
-    python bench.py --quick    # fewer repetitions, for a smoke check
+    python bench.py --quick    # fewer repetitions, for a smoke check (several minutes on
+                               # 2 CPU cores; it says how long once it has timed a warm-up)
+
+It prints its progress and each result as it is measured (to stderr, the tables to stdout).
 
 Candidates, interleaved and repeated in one process (medians after a warm-up):
   reference  per-step Python loop of an autograd cell with h.detach() on drawn steps (as the
@@ -12,7 +15,20 @@ Candidates, interleaved and repeated in one process (medians after a warm-up):
   nn_lstm    torch.nn.LSTM, plain BPTT (it cannot do h-detach)
   floor      only the 3*T recurrent matmuls a training step cannot avoid (forward h@W,
              backward dh@W, weight gradient), in a plain loop
-  cudnn      (CUDA only) torch.nn.LSTM on cuDNN
+  cudnn      (CUDA only) torch.nn.LSTM on cuDNN, in FP32 (TF32 off, like every other row)
+  cudnn_tf32 (CUDA only) the same with TF32 allowed (cuDNN's and cuBLAS' default for speed):
+             not like for like, shown apart
+Every candidate runs with TF32 off (FP32 matmuls) but cudnn_tf32; the settings are restored
+after each step.
+
+Launch counts: per shape, the operator launches of one training step are counted with torch's
+profiler (the ops that Python and autograd dispatch, not those nested inside another op; on
+CUDA also the GPU kernels): forward and backward per time step, and the optimiser step
+(zero_grad, clipping, Adam). On CUDA every such op is at least one kernel launch, which costs
+about as much as the small per-step kernels themselves, so this is what the GPU path's speed
+follows, and it can be tracked on a CPU: ``fast_cudapath`` and ``fast_c_cudapath`` count the
+fast path (h-, c-detach) with the code CUDA runs (the per-chunk weight gradient, CUDA's
+sub-chunks, Adam's foreach form) on the CPU; clipping stays in its CPU form (a loop).
 Ratios are to the floor and to the reference; a last line per shape compares c-detach with
 h-detach and with plain BPTT (c-detach keeps every recurrent dh matmul, which h-detach skips on
 its cut steps, so it can at best cost what plain BPTT costs). Peak memory is measured per
@@ -27,6 +43,7 @@ falls back to sampled RSS (/proc/self/statm), then to ru_maxrss. On CUDA:
 torch.cuda.max_memory_allocated above the allocation before the steps.
 """
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -42,6 +59,7 @@ import time
 import torch
 from torch import nn
 
+import model
 from model import HDetachNet
 
 SHAPES = {
@@ -62,8 +80,22 @@ class _NNLSTMNet(nn.Module):
         return self.readout(out[-1] if last_only else out)
 
 
-def make_step(name, shape, device):
-    """A closure that runs one training step of candidate ``name`` on fixed random data."""
+@contextlib.contextmanager
+def _tf32(enabled):
+    """TF32 for cuBLAS matmuls and cuDNN on (cudnn_tf32) or off (every other row), restored
+    afterwards: the fast path and cuDNN compared in the same FP32 arithmetic."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def make_step(name, shape, device, phases=False):
+    """A closure that runs one training step of candidate ``name`` on fixed random data.
+    With ``phases`` it takes a function ``phase(label)`` that returns a context manager for
+    each of "forward", "backward" and "optimizer" (the launch counts)."""
     torch.manual_seed(0)
     batch, hidden, steps = shape["batch"], shape["hidden"], shape["steps"]
     classes, last_only = shape["classes"], shape["last_only"]
@@ -84,42 +116,156 @@ def make_step(name, shape, device):
             for _ in range(steps):
                 dw.addmm_(dgates.t(), h)
         return step
-    if name in ("nn_lstm", "cudnn"):
+    if name in ("nn_lstm", "cudnn", "cudnn_tf32"):
         net = _NNLSTMNet(hidden, classes).to(device)
     else:
         net = HDetachNet(1, hidden, classes, impl="reference" if name == "reference" else "fast",
-                         detach="c" if name == "fast_c" else "h")
+                         detach="c" if name in ("fast_c", "fast_c_cudapath") else "h")
         net = net.to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    # fast_cudapath: Adam in the form it takes on CUDA (foreach; the CPU default is a loop)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3,
+                           foreach=True if name.endswith("_cudapath") else None)
     gen = torch.Generator().manual_seed(1)
     if last_only:
         y = torch.randint(classes, (batch,), device=device)
     else:
         y = torch.randint(classes, (steps * batch,), device=device)
-    p = 0.0 if name in ("nn_lstm", "cudnn", "fast_bptt") else shape["p"]
-    use_cudnn = name == "cudnn"
+    p = 0.0 if name in ("nn_lstm", "cudnn", "cudnn_tf32", "fast_bptt") else shape["p"]
+    use_cudnn = name in ("cudnn", "cudnn_tf32")
+    tf32 = name == "cudnn_tf32"
 
-    def step():
-        with torch.backends.cudnn.flags(enabled=use_cudnn):
-            logits = net(x, p=p, generator=gen, last_only=last_only)
-            loss = nn.functional.cross_entropy(logits.reshape(-1, classes), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+    def step(phase=lambda label: contextlib.nullcontext()):
+        with _tf32(tf32), torch.backends.cudnn.flags(enabled=use_cudnn, allow_tf32=tf32), \
+                _cuda_path(name.endswith("_cudapath")):
+            with phase("forward"):
+                logits = net(x, p=p, generator=gen, last_only=last_only)
+                loss = nn.functional.cross_entropy(logits.reshape(-1, classes), y)
+            with phase("optimizer"):
+                opt.zero_grad(set_to_none=True)
+            with phase("backward"):
+                loss.backward()
+            with phase("optimizer"):
+                nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opt.step()
     return step
+
+
+@contextlib.contextmanager
+def _cuda_path(enabled):
+    """Run the fast path's CUDA-only code on any device (for fast_cudapath's launch counts)."""
+    if not enabled:
+        yield
+        return
+    old = model._per_chunk_weight_grad
+    model._per_chunk_weight_grad = lambda device: True  # which also takes CUDA's sub-chunks
+    try:
+        yield
+    finally:
+        model._per_chunk_weight_grad = old
+
+
+# Ops that launch no kernel: views, bare allocations, and item() (the profiled items are Adam's
+# step counts, CPU tensors on every device); and composite ops that launch one only to copy.
+_NO_KERNEL = {"select", "slice", "view", "unbind", "transpose", "t", "detach", "split", "chunk",
+              "expand", "as_strided", "unsqueeze", "squeeze", "permute", "narrow", "alias",
+              "_unsafe_view", "empty", "empty_like", "new_empty", "empty_strided", "item",
+              "_local_scalar_dense", "lift_fresh", "resize_", "set_", "result_type"}
+_COPY_IF_NEEDED = {"reshape", "to", "_to_copy", "contiguous", "flatten", "type_as"}
+
+LAUNCH_CANDIDATES = ["reference", "fast", "fast_c", "fast_bptt", "fast_cudapath",
+                     "fast_c_cudapath", "nn_lstm"]
+
+
+def count_launches(name, shape, device):
+    """Operator launches of one training step of ``name`` (after a warm-up step), from torch's
+    profiler: {"forward_per_step", "backward_per_step", "optimizer"} and, on CUDA, the same
+    for GPU kernels (``kernels_*``). An op counts once however many ops it calls inside."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    step = make_step(name, shape, device)
+    step()
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        step(phase=lambda label: record_function("bench::" + label))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.events()
+    cpu = torch.autograd.DeviceType.CPU
+    # the phases' time ranges (on CUDA the backward's ops run on autograd's device thread,
+    # outside the calling thread's ranges, so ops are placed by time, not by parent)
+    ranges = [(ev.name[len("bench::"):], ev.time_range.start, ev.time_range.end)
+              for ev in events if ev.name.startswith("bench::") and ev.device_type == cpu]
+
+    def phase_of(ev):
+        for label, start, end in ranges:
+            if start <= ev.time_range.start <= end:
+                return label
+        return None
+
+    def launches(ev):
+        """1 if the op runs a kernel of its own: views and bare allocations do not, a composite
+        op (reshape, to, contiguous) only when it copies."""
+        name = ev.name[len("aten::"):]
+        if name in _NO_KERNEL:
+            return 0
+        if name in _COPY_IF_NEEDED:
+            stack = list(ev.cpu_children)
+            while stack:
+                child = stack.pop()
+                if child.name in ("aten::copy_", "aten::clone"):
+                    return 1
+                stack.extend(child.cpu_children)
+            return 0
+        return 1
+
+    def nested(ev):
+        parent = ev.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    ops = {label: 0 for label in ("forward", "backward", "optimizer")}
+    kernels = dict(ops)
+    for ev in events:
+        if ev.device_type != cpu:
+            continue
+        label = phase_of(ev)
+        if label is None:
+            continue
+        if ev.name.startswith("aten::") and not nested(ev):
+            ops[label] += launches(ev)
+        kernels[label] += len(getattr(ev, "kernels", []))  # the GPU kernels it launched
+    steps = shape["steps"]
+    result = {"forward_per_step": round(ops["forward"] / steps, 2),
+              "backward_per_step": round(ops["backward"] / steps, 2),
+              "optimizer": ops["optimizer"]}
+    if device.type == "cuda":
+        result.update({"kernels_forward_per_step": round(kernels["forward"] / steps, 2),
+                       "kernels_backward_per_step": round(kernels["backward"] / steps, 2),
+                       "kernels_optimizer": kernels["optimizer"]})
+    return result
 
 
 def candidates(device):
     names = ["reference", "fast", "fast_c", "fast_bptt", "nn_lstm", "floor"]
-    return names + (["cudnn"] if device.type == "cuda" else [])
+    return names + (["cudnn", "cudnn_tf32"] if device.type == "cuda" else [])
 
 
-def time_all(shape, device, reps):
+def progress(message):
+    """A progress line on stderr, at once (stdout keeps the tables and the JSON line)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def time_all(shape, device, reps, label=""):
     steps = {name: make_step(name, shape, device) for name in candidates(device)}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = {name: [] for name in steps}
     for rep in range(reps + 1):  # the first round is the warm-up
+        round_start = time.perf_counter()
         for name, step in steps.items():
             sync()
             start = time.perf_counter()
@@ -127,7 +273,21 @@ def time_all(shape, device, reps):
             sync()
             if rep:
                 times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+            else:
+                progress(f"{label}: warm-up {name} {time.perf_counter() - start:.1f} s")
+        took = time.perf_counter() - round_start
+        if rep == 0:
+            # the rest of this shape: the timed rounds, one fresh process per candidate for
+            # peak memory (start-up plus two steps) and one profiled step per candidate
+            rest = took * reps + len(steps) * (3 + 2 * took / len(steps)) + 3 * took
+            progress(f"{label}: warm-up round {took:.1f} s; this shape needs about "
+                     f"{rest / 60:.1f} min more")
+        else:
+            progress(f"{label}: round {rep}/{reps} {took:.1f} s")
+    ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
+    for name, v in ms.items():
+        progress(f"{label}: {name} {v:.1f} ms/step")
+    return ms
 
 
 def peak_mb(name, shape_name, device):
@@ -222,14 +382,23 @@ def _peak_here(name, shape_name, device):
 def bench_device(device, reps):
     result = {}
     for shape_name, shape in SHAPES.items():
-        ms = time_all(shape, device, reps)
+        label = f"{device.type} / {shape_name}"
+        ms = time_all(shape, device, reps, label)
         entry = {f"{name}_ms": round(v, 2) for name, v in ms.items()}
         entry["fast_over_floor"] = round(ms["fast"] / ms["floor"], 3)
         entry["reference_over_fast"] = round(ms["reference"] / ms["fast"], 3)
         entry["c_over_h"] = round(ms["fast_c"] / ms["fast"], 3)
         entry["c_over_bptt"] = round(ms["fast_c"] / ms["fast_bptt"], 3)
-        entry["peak_mb"] = {name: peak_mb(name, shape_name, device)
-                            for name in candidates(device) if name != "floor"}
+        entry["peak_mb"] = {}
+        for name in candidates(device):
+            if name != "floor":
+                entry["peak_mb"][name] = peak_mb(name, shape_name, device)
+                progress(f"{label}: {name} peak {entry['peak_mb'][name]} MB")
+        names = LAUNCH_CANDIDATES + (["cudnn"] if device.type == "cuda" else [])
+        entry["launches"] = {}
+        for name in names:
+            entry["launches"][name] = count_launches(name, shape, device)
+            progress(f"{label}: {name} launches {entry['launches'][name]}")
         result[shape_name] = entry
         print(f"\n{device.type} / {shape_name}: {shape}  (median of {reps} steps, threads="
               f"{torch.get_num_threads()})")
@@ -240,6 +409,19 @@ def bench_device(device, reps):
                   f"{peak:>8}")
         print(f"c-detach / h-detach (fast, p={shape['p']}): {entry['c_over_h']:.3f}; "
               f"c-detach / plain BPTT (fast): {entry['c_over_bptt']:.3f}")
+        print(f"operator launches ({label}, T={shape['steps']}; views and allocations not "
+              "counted; fast_cudapath: the code CUDA runs)")
+        kernels = device.type == "cuda"
+        print(f"{'candidate':<16} {'fwd/step':>9} {'bwd/step':>9} {'optimizer':>10}" +
+              (f" {'GPU kernels fwd/step, bwd/step, optimizer':>44}" if kernels else ""))
+        for name, n in entry["launches"].items():
+            line = (f"{name:<16} {n['forward_per_step']:9.2f} {n['backward_per_step']:9.2f} "
+                    f"{n['optimizer']:10d}")
+            if kernels:
+                line += (f" {n['kernels_forward_per_step']:14.2f} "
+                         f"{n['kernels_backward_per_step']:9.2f} {n['kernels_optimizer']:10d}")
+            print(line)
+        sys.stdout.flush()
     return result
 
 
@@ -255,10 +437,18 @@ def main(argv=None):
         devices.append(torch.device("cpu"))
     if args.device in ("all", "cuda") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))
+    if args.device == "cuda" and not devices:
+        print("bench.py: --device cuda was asked for, but no CUDA device is available",
+              file=sys.stderr)
+        return 2
+    progress(f"bench: {reps} timed steps per candidate, {len(SHAPES)} shapes on "
+             f"{', '.join(d.type for d in devices)}: several minutes on 2 CPU cores with --quick "
+             "(more on a loaded machine); an estimate per shape follows its warm-up round")
     result = {d.type: bench_device(d, reps) for d in devices}
     print(json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    outcome = main()
+    sys.exit(outcome if isinstance(outcome, int) else 0)  # 2: a usage error; else the results

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model import HDetachNet, authors_net
+from model import HDetachNet, authors_net, eval_chunk_size
 from runfolder import TrainingRun, parse_run_args
 from utils import (ArgParser, StopSignals, UsageError, add_run_flags, authors_copying_symbols,
                    copying_batch, copying_symbols, finite_float, p_in_force, positive_int,
@@ -64,7 +64,9 @@ def evaluate(net, symbols, delay, device):
     net.eval()
     loss_sum, correct = 0.0, 0
     steps = delay + 20
-    chunk = eval_chunk(steps, net.lstm.hidden_size)
+    # the CPU chunks as they always were; on CUDA as many sequences as fit (all 5,000 on a GPU)
+    chunk = eval_chunk_size(device, symbols.shape[0], steps, net.lstm.hidden_size, NUM_CLASSES,
+                            eval_chunk(steps, net.lstm.hidden_size))
     for start in range(0, symbols.shape[0], chunk):
         x, y = copying_batch(symbols[start:start + chunk], delay)
         x, y = x.to(device), y.to(device)

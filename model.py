@@ -19,6 +19,10 @@ Two implementations of the same layer, selected with ``impl``:
   backward. Per step the forward is one matmul (input, recurrent and bias terms at once) and six
   elementwise ops; the backward is two elementwise ops, the weight-gradient matmul and, unless the
   step's h is cut, the recurrent ``dh`` matmul; everything else is done for many steps at once.
+  On CUDA the weight-gradient matmul is one per block of steps instead (one launch less a step;
+  another summation order, so the CPU keeps the per-step one: ``_per_chunk_weight_grad``), and
+  nothing in the forward or backward waits for the device (no host-to-device copy but c-detach's
+  mask, non-blocking from pinned memory).
   Exact: the same values and gradients as the reference up to rounding (tests/test_model.py).
   Its ``out`` is a (T, B, H) view of a (T, H, B) buffer (not contiguous; ``.contiguous()`` it
   if needed); ``HDetachNet`` reads it out in that layout.
@@ -53,7 +57,9 @@ def draw_detach_mask(steps, p, generator=None):
         return None
     if generator is not None and not isinstance(generator, torch.Generator):
         return (generator.random(steps) <= p).tolist()
-    u = torch.rand(steps, generator=generator, dtype=torch.float64)
+    # device="cpu" explicitly: under torch.set_default_device("cuda") the draws would otherwise
+    # be made on the GPU (which a CPU generator refuses) and read back with a sync.
+    u = torch.rand(steps, generator=generator, dtype=torch.float64, device="cpu")
     return (u <= p).tolist()
 
 
@@ -90,6 +96,9 @@ def _from_ofig(w, hidden):
 # means fewer ops, smaller means temporaries that stay in cache; 4 MB measured best here).
 _CHUNK_BYTES = 2 ** 22
 _SUB_BYTES = 2 ** 22
+# On CUDA a sub-chunk costs about a dozen launches whatever its length: longer ones amortise
+# them (the factors of 64 MB stay far below a GPU's memory).
+_SUB_BYTES_CUDA = 2 ** 26
 
 
 def _chunk_steps(batch, hidden, steps, itemsize=4):
@@ -97,14 +106,67 @@ def _chunk_steps(batch, hidden, steps, itemsize=4):
     return max(1, min(steps, _CHUNK_BYTES // max(1, batch * 4 * hidden * itemsize)))
 
 
-def _sub_steps(batch, hidden, steps, itemsize=4):
-    """Steps per backward sub-chunk (about ``_SUB_BYTES`` of factors)."""
-    return max(1, min(steps, _SUB_BYTES // max(1, batch * 6 * hidden * itemsize)))
+def _sub_steps(batch, hidden, steps, itemsize=4, budget=_SUB_BYTES):
+    """Steps per backward sub-chunk (about ``budget`` bytes of factors)."""
+    return max(1, min(steps, budget // max(1, batch * 6 * hidden * itemsize)))
 
 
 # The backward's gate gradients u are those of the pre-activations divided by these per-gate
 # factors (gate order o, i, f, g); they make every factor one fused op (see the backward).
 _BWD_SCALE = (1.0, -4.0, -2.0, 16.0)
+
+
+def _per_chunk_weight_grad(device):
+    """Whether the backward takes the weight (and input) gradient as one GEMM per sub-chunk
+    from the stored gate gradients, instead of one ``addmm_`` per step.
+
+    On CUDA, where each launch costs about as much as a small GEMM, it saves a launch per step.
+    It sums in a different order, so the CPU keeps the per-step order: committed CPU runs are
+    resumed across sessions and must stay bit-identical. Tests force it on the CPU to check it.
+    """
+    return device.type == "cuda"
+
+
+def _bool_mask_on(mask, like):
+    """``mask`` (a list of bools) as a bool tensor on ``like``'s device, without a blocking copy.
+
+    On CUDA a tensor built from a Python list is copied from pageable memory, which waits for
+    the device; from pinned memory with ``non_blocking`` the copy is queued like a kernel (the
+    caching host allocator keeps the pinned block alive until the copy is done). Fake tensors
+    (the fake-CUDA tests) cannot pin (``aten._pin_memory`` is not implemented for them), so
+    there the copy is only checked for where it lands.
+    """
+    host = torch.tensor(mask, dtype=torch.bool, device="cpu")
+    if like.device.type == "cpu":
+        return host
+    if like.device.type == "cuda" and not _is_fake(like):
+        host = host.pin_memory()
+    return host.to(like.device, non_blocking=True)
+
+
+def _is_fake(tensor):
+    from torch._subclasses.fake_tensor import is_fake
+    return is_fake(tensor)
+
+
+def eval_chunk_size(device, count, steps, hidden, classes, cpu_chunk, inputs=1):
+    """How many sequences an evaluation runs at once (under ``torch.no_grad()``).
+
+    On the CPU: ``cpu_chunk``, unchanged (the committed runs' numbers depend on it). On CUDA,
+    where a chunk costs the same launches whatever its size: as many as half the free device
+    memory holds, up to all ``count``. A sequence then needs about 4 bytes per step for
+    each of z's rows (the inference path's state, see ``_fast_forward``), three copies of the
+    logits (readout, its contiguous copy, log-softmax) and the inputs and targets.
+    """
+    if device.type != "cuda":
+        return cpu_chunk
+    width = -(-(hidden + inputs + 1) // 8) * 8
+    per_sequence = 4 * (steps + 1) * (width + 3 * classes + inputs + 2)
+    return int(max(1, min(count, _cuda_free_bytes(device) // 2 // per_sequence)))
+
+
+def _cuda_free_bytes(device):
+    return torch.cuda.mem_get_info(device)[0]
 
 
 class _BufferPool:
@@ -124,6 +186,19 @@ class _BufferPool:
     def __init__(self):
         self._free = {}
         self._lock = threading.Lock()
+        self._constants = {}
+
+    def scale(self, hidden, like):
+        """``_BWD_SCALE`` per gate row, (4H, 1), on ``like``'s device and dtype: made once per
+        device, so that a CUDA backward does not copy it from the host (a sync) every step."""
+        key = (like.device, like.dtype, hidden, type(like))  # type: a fake tensor is not real
+        with self._lock:
+            scale = self._constants.get(key)
+        if scale is None:
+            scale = like.new_tensor(_BWD_SCALE).repeat_interleave(hidden).unsqueeze(1)
+            with self._lock:
+                self._constants[key] = scale
+        return scale
 
     def take(self, numel, like):
         if like.device.type == "cpu":
@@ -152,6 +227,7 @@ class _BufferPool:
     def clear(self):
         with self._lock:
             self._free = {}
+            self._constants = {}
 
     def __deepcopy__(self, memo):
         return _BufferPool()
@@ -285,22 +361,34 @@ class _FastLSTMFunction(torch.autograd.Function):
         H = w_hh.shape[1]
         need = ctx.needs_input_grad
         width = z.shape[1]
-        scale = x.new_tensor(_BWD_SCALE).repeat_interleave(H).unsqueeze(1)
+        scale = ctx.pool.scale(H, x)
         w_b = _packed_weights(w_ih, w_hh, b_ih, b_hh, width) * scale
         w_b_h = w_b[:, :H].t().contiguous()                  # (H, 4H)
         w_b_x = w_b[:, H:H + inputs].contiguous()            # (4H, I)
         grad_w = x.new_zeros(4 * H, width)
         grad_x = x.new_empty(steps, batch, inputs) if need[0] else None
-        sub = _sub_steps(batch, H, steps, x.element_size())
+        batched = _per_chunk_weight_grad(x.device)
+        sub = _sub_steps(batch, H, steps, x.element_size(),
+                         _SUB_BYTES_CUDA if batched else _SUB_BYTES)
         # (T, 1, 1): broadcast over a sub-chunk's f factors (H, B) to zero those of cut steps
-        ccut = torch.tensor(cmask, device=x.device).view(-1, 1, 1) if cmask else None
+        ccut = _bool_mask_on(cmask, x).view(-1, 1, 1) if cmask else None
         fac = x.new_empty(sub, 6, H, batch)       # [k, fo, F_i, F_f, F_g, f]
-        dg = x.new_zeros(2, 7, H, batch)          # [dc', u_o, u_i, u_f, u_g, e', 0], by parity
         fac2, fac4 = fac[:, 0:2].unbind(0), fac[:, 2:6].unbind(0)
-        in2, out2 = dg[:, 5:7].unbind(0), dg[:, 0:2].unbind(0)
-        dcs, out4 = dg[:, 0].unbind(0), dg[:, 2:6].unbind(0)
-        us = dg[:, 1:5].reshape(2, 4 * H, batch).unbind(0)
-        # (the reshape is a view: slots 1-4 are contiguous)
+        if not batched:
+            dg = x.new_zeros(2, 7, H, batch)      # [dc', u_o, u_i, u_f, u_g, e', 0], by parity
+            in2, out2 = dg[:, 5:7].unbind(0), dg[:, 0:2].unbind(0)
+            dcs, out4 = dg[:, 0].unbind(0), dg[:, 2:6].unbind(0)
+            us = dg[:, 1:5].reshape(2, 4 * H, batch).unbind(0)
+            # (the reshape is a view: slots 1-4 are contiguous)
+        else:
+            # The same slots, slot-major with one column per step of a sub-chunk (step j at
+            # [:, :, j], its incoming e' at [5, :, j + 1]), so that the sub-chunk's gate
+            # gradients u form one strided (4H, m*B) matrix for a single weight-gradient GEMM.
+            dg = x.new_zeros(7, H, sub + 1, batch)
+            in2, out2 = dg[5:7].unbind(2), dg[0:2].unbind(2)
+            dcs, out4 = dg[0].unbind(1), dg[2:6].unbind(2)
+            us = [dg[1:5, :, j].view(4 * H, batch) for j in range(sub + 1)]
+            z_sub = x.new_empty(width, sub, batch)  # z of a sub-chunk's steps, (width, m*B)
         go_t = grad_out.transpose(1, 2) if grad_out is not None else None
         if go_t is not None and go_t.is_contiguous():
             # already stored (T, H, B) (HDetachNet's readout works in that layout): no copies
@@ -316,9 +404,10 @@ class _FastLSTMFunction(torch.autograd.Function):
                 dh += grad_h.t()
         else:
             dh = grad_h.t().contiguous() if grad_h is not None else zero_h
-        if grad_c is not None:
+        if grad_c is not None and not batched:
             torch.mul(grad_c.t(), 0.25, out=dg[steps & 1, 5])
         dh0 = None
+        first = True
         mm, addmm, addcmul, mul = torch.mm, torch.addmm, torch.addcmul, torch.mul
         chunk = chunks[0][1].shape[0]
         for index in range(len(chunks) - 1, -1, -1):
@@ -347,6 +436,36 @@ class _FastLSTMFunction(torch.autograd.Function):
                         go_buf[1:m].copy_(go_t[0:m - 1])
                 elif go_all is not None:
                     go_l = go_all[t0 - 1:t0 + m - 1] if t0 else (None,) + go_all[0:m - 1]
+                if batched:
+                    # e' entering this sub-chunk's last step: grad_c at first, then what the
+                    # previous sub-chunk's first step left in column 0
+                    if first and grad_c is not None:
+                        torch.mul(grad_c.t(), 0.25, out=dg[5, :, m])
+                    elif not first:
+                        dg[5, :, m].copy_(dg[5, :, 0])
+                    first = False
+                    for j in range(m - 1, -1, -1):  # as below, less the weight gradient
+                        t = t0 + j
+                        p = t & 1
+                        addcmul(in2[j + 1], dh, fac2[j], out=out2[j])
+                        u = us[j]
+                        mul(dcs[j], fac4[j], out=out4[j])
+                        blocked = mask is not None and mask[t]
+                        if t == 0:
+                            if not blocked:
+                                dh0 = mm(w_b_h, u)
+                        elif go_l is None:
+                            dh = zero_h if blocked else mm(w_b_h, u, out=dh_buf[p])
+                        elif not blocked:
+                            dh = addmm(go_l[j], w_b_h, u, out=dh_buf[p])
+                        else:
+                            dh = go_l[j] if j or go_buf is None else dh_buf[p].copy_(go_l[j])
+                    u_all = dg[1:5, :, :m].view(4 * H, m * batch)
+                    z_sub[:, :m].copy_(z[t0:t0 + m].transpose(0, 1))
+                    grad_w.addmm_(u_all, z_sub[:, :m].view(width, m * batch).t())
+                    if grad_x is not None:
+                        mm(u_all.t(), w_b_x, out=grad_x[t0:t0 + m].view(m * batch, inputs))
+                    continue
                 z_t = z[t0:t0 + m].transpose(1, 2).unbind(0)
                 for j in range(m - 1, -1, -1):
                     t = t0 + j
@@ -374,7 +493,7 @@ class _FastLSTMFunction(torch.autograd.Function):
         if need[1]:
             grad_h0 = dh0.t().contiguous() if dh0 is not None else torch.zeros_like(h0)
         if need[2]:
-            grad_c0 = (dg[0, 5] * 4.0).t().contiguous()
+            grad_c0 = ((dg[5, :, 0] if batched else dg[0, 5]) * 4.0).t().contiguous()
         grad_w *= scale
         grad_w_ih = _from_ofig(grad_w[:, H:H + inputs], H) if need[3] else None
         grad_w_hh = _from_ofig(grad_w[:, :H], H) if need[4] else None

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model import HDetachNet, authors_net
+from model import HDetachNet, authors_net, eval_chunk_size
 from runfolder import TrainingRun, parse_run_args, write_json
 from utils import (ArgParser, StopSignals, UsageError, add_run_flags, finite_float,
                    non_negative_int, p_in_force, positive_int, report_errors, resolve_device,
@@ -274,6 +274,9 @@ def evaluate(net, split, pixel_order, batch_size):
     net.eval()
     loss_sum, correct = 0.0, 0
     count = split.images.shape[0]
+    # on the CPU in batches of batch_size as always; on CUDA as many images as fit (all 10,000)
+    batch_size = eval_chunk_size(split.images.device, count, PIXELS, net.lstm.hidden_size,
+                                 net.readout.out_features, batch_size)
     for start in range(0, count, batch_size):
         x = pixel_sequences(split.images[start:start + batch_size], pixel_order)
         y = split.labels[start:start + batch_size]

@@ -43,23 +43,26 @@ def make_lstm(impl, dtype=torch.float64, seed=1, detach="h"):
     return lstm
 
 
-def loss_weights(dtype, seed=2, steps=T):
+def loss_weights(dtype, seed=2, steps=T, device="cpu"):
+    """Drawn on the CPU (the same numbers on every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     shapes = ((steps, B, H), (B, H), (B, H))
-    return [torch.randn(shape, generator=g, dtype=dtype) for shape in shapes]
+    return [torch.randn(shape, generator=g, dtype=dtype).to(device) for shape in shapes]
 
 
-def run(lstm, x, h0, c0, p=0.0, seed=3, last_only=False, generator=None):
-    """Forward and backward of a random linear loss; returns outputs and all gradients."""
+def run(lstm, x, h0, c0, p=0.0, seed=3, last_only=False, generator=None, backward=None):
+    """Forward and backward of a random linear loss; returns outputs and all gradients.
+    ``backward(loss)`` replaces ``loss.backward()`` (the fake-CUDA tests run their own)."""
     x, h0, c0 = (t.clone().requires_grad_() for t in (x, h0, c0))
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     lstm.zero_grad(set_to_none=True)
     out, (h, c) = lstm(x, (h0, c0), p=p, generator=gen)
-    w_out, w_h, w_c = loss_weights(x.dtype, steps=x.shape[0])
+    # on the outputs' device: the weights built on the CPU failed with CUDA outputs
+    w_out, w_h, w_c = loss_weights(x.dtype, steps=x.shape[0], device=x.device)
     loss = (h * w_h).sum() + (c * w_c).sum()
     if not last_only:
         loss = loss + (out * w_out).sum()
-    loss.backward()
+    loss.backward() if backward is None else backward(loss)
     zero = torch.zeros_like
     grads = [t.grad if t.grad is not None else zero(t) for t in (x, h0, c0)]
     grads += [p.grad if p.grad is not None else zero(p) for p in lstm.parameters()]
@@ -267,6 +270,19 @@ def test_draws_are_seeded_and_one_per_step():
     assert all(draw_detach_mask(50, 1.0, torch.Generator().manual_seed(1)))
 
 
+def test_draws_are_made_on_the_cpu_whatever_the_default_device():
+    """The draws come from a CPU generator: under set_default_device("cuda") (here "meta",
+    which needs no GPU) they must still be made on the CPU, not fail or move to the device."""
+    expected = draw_detach_mask(50, 0.5, torch.Generator().manual_seed(4))
+    torch.set_default_device("meta")
+    try:
+        assert torch.empty(1).device.type == "meta"  # the default device is in force
+        drawn = draw_detach_mask(50, 0.5, torch.Generator().manual_seed(4))
+    finally:
+        torch.set_default_device(None)
+    assert drawn == expected
+
+
 @pytest.mark.parametrize("p", [0.0, -0.5])
 def test_p_at_most_zero_draws_nothing(p):
     gen = torch.Generator().manual_seed(5)
@@ -327,6 +343,47 @@ def test_fast_matches_reference(monkeypatch, chunk, sub, dtype, rtol, p, last_on
     assert torch.equal(states[0], states[1])  # the same draws, so a run can switch impl
 
 
+# The CUDA path's weight and input gradients: one GEMM per sub-chunk instead of one per step
+# (model._per_chunk_weight_grad). Forced on here, so that the CPU checks the code CUDA runs.
+@pytest.mark.parametrize("chunk,sub", [(5, 2), (1, 1), (T, 3)])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("p", [0.0, 0.25, 1.0])
+@pytest.mark.parametrize("last_only", [False, True])
+@pytest.mark.parametrize("detach", model.DETACHES)
+def test_per_chunk_weight_gradient_matches_reference(monkeypatch, chunk, sub, dtype, rtol, p,
+                                                     last_only, detach):
+    monkeypatch.setattr(model, "_chunk_steps", lambda *args: chunk)
+    monkeypatch.setattr(model, "_sub_steps", lambda *args: sub)
+    monkeypatch.setattr(model, "_per_chunk_weight_grad", lambda device: True)
+    x, h0, c0 = make_inputs(dtype)
+    ref_out, ref_grads = run(make_lstm("reference", dtype, detach=detach), x, h0, c0, p=p,
+                             last_only=last_only)
+    fast_out, fast_grads = run(make_lstm("fast", dtype, detach=detach), x, h0, c0, p=p,
+                               last_only=last_only)
+    assert_close(fast_out, ref_out, rtol)
+    assert_close(fast_grads, ref_grads, rtol)
+
+
+def test_cpu_default_keeps_the_per_step_weight_gradient(monkeypatch):
+    """Committed CPU runs are resumed across sessions: on the CPU the default backward must be
+    the per-step path (bit for bit), the per-chunk GEMM only on CUDA."""
+    assert model._per_chunk_weight_grad(torch.device("cpu")) is False
+    assert model._per_chunk_weight_grad(torch.device("cuda")) is True
+    monkeypatch.setattr(model, "_chunk_steps", lambda *args: 5)
+    monkeypatch.setattr(model, "_sub_steps", lambda *args: 3)
+    x, h0, c0 = make_inputs(torch.float32)
+    results = {}
+    for mode in ("default", False, True):
+        if mode != "default":
+            monkeypatch.setattr(model, "_per_chunk_weight_grad", lambda device, m=mode: m)
+        results[mode] = run(make_lstm("fast", torch.float32, detach="c"), x, h0, c0, p=0.25)
+    for a, b in zip(results["default"][0] + results["default"][1],
+                    results[False][0] + results[False][1]):
+        assert torch.equal(a, b)
+    # the per-chunk sum is another order: equal to rounding, and not the path taken above
+    assert_close(results[True][1], results[False][1], 1e-5)
+
+
 def test_fast_loss_through_some_outputs_only():
     """Gradient arriving at a few steps only (None for the final state), chunked."""
     x, h0, c0 = make_inputs()
@@ -372,11 +429,13 @@ def test_fast_inference_path_matches_reference():
 @pytest.mark.parametrize("chunk,sub", [(5, 2), (T, T)])
 @pytest.mark.parametrize("last_only", [False, True])
 @pytest.mark.parametrize("detach", model.DETACHES)
-def test_net_fast_matches_reference(monkeypatch, chunk, sub, last_only, detach):
+@pytest.mark.parametrize("per_chunk", [False, True])
+def test_net_fast_matches_reference(monkeypatch, chunk, sub, last_only, detach, per_chunk):
     """The net reads the fast path's outputs in its (T, H, B) layout; its gradient goes back
-    in that layout, which the backward uses without copies."""
+    in that layout, which the backward uses without copies (per_chunk: the CUDA backward)."""
     monkeypatch.setattr(model, "_chunk_steps", lambda *args: chunk)
     monkeypatch.setattr(model, "_sub_steps", lambda *args: sub)
+    monkeypatch.setattr(model, "_per_chunk_weight_grad", lambda device: per_chunk)
     x = make_inputs()[0]
     results = []
     for impl in ("reference", "fast"):
@@ -389,16 +448,8 @@ def test_net_fast_matches_reference(monkeypatch, chunk, sub, last_only, detach):
     assert_close(results[1], results[0], 1e-10)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("p", [0.0, 0.25])
-@pytest.mark.parametrize("detach", model.DETACHES)
-def test_fast_matches_reference_on_cuda(p, detach):
-    x, h0, c0 = (t.cuda() for t in make_inputs())
-    results = []
-    for impl in ("reference", "fast"):
-        results.append(run(make_lstm(impl, detach=detach).cuda(), x, h0, c0, p=p))
-    assert_close(results[1][0], results[0][0], 1e-10)
-    assert_close(results[1][1], results[0][1], 1e-10)
+# (the CUDA versions of these tests: tests/test_cuda.py; device placement everywhere:
+# tests/test_fake_cuda.py)
 
 
 def test_fast_refuses_outputs_modified_in_place():

@@ -1,0 +1,32 @@
+"""bench.py's launch counts (not its timings: speed is read from bench.py, never asserted)."""
+import pytest
+import torch
+
+import bench
+
+TINY = dict(batch=4, hidden=8, steps=24, classes=3, p=0.5, last_only=False)
+
+
+@pytest.fixture(scope="module")
+def launches():
+    cpu = torch.device("cpu")
+    return {name: bench.count_launches(name, TINY, cpu)
+            for name in ("reference", "fast", "fast_cudapath", "fast_c", "fast_c_cudapath")}
+
+
+def test_cuda_path_launches_fewer_ops_per_backward_step(launches):
+    """The per-chunk weight gradient saves about one launch per backward step (of ~4.5) on
+    the code CUDA runs; the forward is the same code on both."""
+    for per_step, cuda_path in (("fast", "fast_cudapath"), ("fast_c", "fast_c_cudapath")):
+        saved = launches[per_step]["backward_per_step"] - launches[cuda_path]["backward_per_step"]
+        assert 0.5 < saved < 1.5, (per_step, launches)
+        assert launches[per_step]["forward_per_step"] == launches[cuda_path]["forward_per_step"]
+    # Adam's foreach form (CUDA's default) is fewer ops than the CPU's loop
+    assert launches["fast_cudapath"]["optimizer"] < launches["fast"]["optimizer"]
+
+
+def test_counts_tell_the_per_step_loop_from_the_fast_path(launches):
+    # the forward: one fused-gates matmul and six elementwise ops a step, plus a fixed set-up
+    assert 7 <= launches["fast"]["forward_per_step"] < 9
+    assert launches["reference"]["forward_per_step"] > launches["fast"]["forward_per_step"] + 4
+    assert launches["reference"]["backward_per_step"] > 2 * launches["fast"]["backward_per_step"]
