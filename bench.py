@@ -56,6 +56,11 @@ import sys
 import threading
 import time
 
+if __name__ == "__main__":
+    # Before torch loads: it picks its CPU kernels once, at import (numerics.py, --numerics).
+    import numerics
+    numerics.pin_before_torch(sys.argv[1:])
+
 import torch
 from torch import nn
 
@@ -425,13 +430,70 @@ def bench_device(device, reps):
     return result
 
 
+def _time_fast_here(reps):
+    """In a child process of ``compare_numerics``: the median ms of ``reps`` fast training
+    steps per shape on the CPU, with the kernels this process was pinned to."""
+    out = {"aten": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+    for shape_name, shape in SHAPES.items():
+        step = make_step("fast", shape, torch.device("cpu"))
+        step()  # warm-up
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        out[shape_name] = 1000 * statistics.median(times)
+    return out
+
+
+def compare_numerics(reps, pairs=3):
+    """Portable vs native numerics on the CPU: the fast training step timed in fresh processes
+    (the kernels are chosen when torch loads), ``pairs`` portable/native pairs alternated so
+    that the machine's drift hits both; medians over the pairs and their ratio per shape."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    runs = {"portable": [], "native": []}
+    for pair in range(pairs):
+        for mode in runs:
+            done = subprocess.run([sys.executable, os.path.join(here, "bench.py"), "--numerics",
+                                   mode, "--numerics-child", "--reps", str(reps)],
+                                  capture_output=True, text=True, check=True, cwd=here)
+            runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            progress(f"numerics: pair {pair + 1}/{pairs} {mode} ({runs[mode][-1]['aten']}) "
+                     + ", ".join(f"{name} {runs[mode][-1][name]:.1f} ms" for name in SHAPES))
+    result = {mode: {"aten": got[0]["aten"]} for mode, got in runs.items()}
+    print(f"\nnumerics on cpu: fast training step, median over {pairs} alternating process "
+          f"pairs of the median of {reps} steps (threads={runs['portable'][0]['threads']})")
+    print(f"{'shape':<12} {'portable ms':>12} {'native ms':>10} {'native/portable':>16}")
+    for name in SHAPES:
+        ms = {mode: statistics.median(run[name] for run in got) for mode, got in runs.items()}
+        for mode in runs:
+            result[mode][name] = round(ms[mode], 2)
+        ratio = ms["native"] / ms["portable"]
+        result[f"{name}_native_over_portable"] = round(ratio, 3)
+        print(f"{name:<12} {ms['portable']:12.1f} {ms['native']:10.1f} {ratio:16.3f}")
+    print(f"kernels: portable {result['portable']['aten']}, native {result['native']['aten']}")
+    sys.stdout.flush()
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repetitions instead of 7")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per candidate")
     parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
+    parser.add_argument("--numerics", choices=["portable", "native"], default="portable",
+                        help="the CPU kernels of this process (numerics.py; default portable)")
+    parser.add_argument("--compare-numerics", action="store_true",
+                        help="only time the fast step with portable vs native numerics, in "
+                             "alternating fresh processes (3 pairs)")
+    parser.add_argument("--numerics-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 7)
+    if args.numerics_child:
+        print(json.dumps(_time_fast_here(reps)))
+        return {}
+    if args.compare_numerics:
+        return {"numerics": compare_numerics(args.reps or 30)}
     devices = []
     if args.device in ("all", "cpu"):
         devices.append(torch.device("cpu"))
@@ -445,6 +507,8 @@ def main(argv=None):
              f"{', '.join(d.type for d in devices)}: several minutes on 2 CPU cores with --quick "
              "(more on a loaded machine); an estimate per shape follows its warm-up round")
     result = {d.type: bench_device(d, reps) for d in devices}
+    if devices[0].type == "cpu":
+        result["numerics"] = compare_numerics(max(reps, 5))
     print(json.dumps(result))
     return result
 

@@ -18,6 +18,7 @@ and ``fingerprint`` records what actually runs, never what was asked for.
 
 Nothing here runs on import, and this module never imports torch at module level.
 """
+import json
 import os
 import platform
 import sys
@@ -30,6 +31,8 @@ DEFAULT_MODE = "portable"
 ATEN_LEVEL = "avx2"
 MKL_BRANCH = "AVX2"
 ONEDNN_ISA = "AVX2"
+# Where a portable pin notes the user's own values of the variables it set (JSON).
+PINNED_VAR = "HDETACH_NUMERICS_PINNED"
 # cuBLAS's reproducible-GEMM workspace, read when CUDA starts (harmless on a CPU machine).
 CUBLAS_WORKSPACE = ":4096:8"
 # What must agree for a resumed run to continue the same arithmetic. The CPU model and the
@@ -91,12 +94,22 @@ def portable_environment():
 def pin_before_torch(argv, environ=None):
     """Set the environment of ``--numerics`` (read from ``argv``) for the torch this process is
     about to import. Portable mode overrides a user's own ATen/MKL/oneDNN settings (they would
-    make the run another run); native mode leaves them alone. Returns the mode."""
+    make the run another run) and notes what they were in ``PINNED_VAR``; native mode leaves
+    the user's settings alone, and undoes a pin it inherited from a portable parent process
+    (``bench.py`` times both modes in child processes). Returns the mode."""
     environ = os.environ if environ is None else environ
     mode = mode_from_argv(argv)
     environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    inherited = json.loads(environ.pop(PINNED_VAR, "{}"))
+    for name, value in inherited.items():  # the user's values before a parent's pin
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
     if mode == "portable":
-        environ.update(portable_environment())
+        pinned = portable_environment()
+        environ[PINNED_VAR] = json.dumps({name: environ.get(name) for name in pinned})
+        environ.update(pinned)
     return mode
 
 

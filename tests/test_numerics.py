@@ -38,7 +38,8 @@ def script_run(tmp_path, name, mode, threads, aten=None):
     """Run the golden configuration as a user would (a fresh interpreter), with a user's own
     ATEN_CPU_CAPABILITY in the environment when ``aten`` is given; its epoch-1 losses."""
     env = {key: value for key, value in os.environ.items()
-           if key not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+           if key not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA",
+                          numerics.PINNED_VAR)}
     env["OMP_NUM_THREADS"] = str(threads)
     if aten:
         env["ATEN_CPU_CAPABILITY"] = aten
@@ -80,6 +81,16 @@ def test_pin_before_torch_sets_portable_environment_and_leaves_native_alone(monk
     env = {"ATEN_CPU_CAPABILITY": "default"}
     assert numerics.pin_before_torch(["--numerics=native"], env) == "native"
     assert env["ATEN_CPU_CAPABILITY"] == "default" and "MKL_CBWR" not in env
+    # A native process started by a portable one gets the user's own environment back.
+    env = {"ATEN_CPU_CAPABILITY": "default"}
+    numerics.pin_before_torch([], env)
+    child = dict(env)
+    assert numerics.pin_before_torch(["--numerics", "native"], child) == "native"
+    assert child == {"ATEN_CPU_CAPABILITY": "default",
+                     "CUBLAS_WORKSPACE_CONFIG": env["CUBLAS_WORKSPACE_CONFIG"]}
+    again = dict(env)
+    numerics.pin_before_torch([], again)
+    assert again == env  # a portable child of a portable parent: the same pin
     # Off x86-64 there is no AVX2 to pin to: nothing is set, and the record will say so.
     monkeypatch.setattr(numerics.platform, "machine", lambda: "aarch64")
     env = {}
