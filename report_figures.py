@@ -1,0 +1,202 @@
+"""The report's figures (PNG through matplotlib's Agg backend: no display needed)."""
+import math
+import textwrap
+
+from report_markdown import runs_text, transfer_delays, transfer_groups
+from report_refs import AUTHORS, PAPER, REPRO, references
+from report_runs import completeness, experiment_order, setting_order
+from runfolder import atomic_write
+
+
+# ----------------------------------------------------------------------------- figures
+
+CANONICAL_COLOURS = {"vanilla": "black", "h-detach p=0.25": "tab:blue",
+                     "h-detach p=0.5": "tab:orange", "c-detach p=0.25": "tab:red",
+                     "c-detach p=0.5": "tab:purple"}
+PALETTE = ("tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray",
+           "tab:purple", "tab:red", "tab:orange", "tab:blue")
+
+
+# Flat reference lines: the line style tells the source.
+SOURCE_STYLES = {PAPER: ":", AUTHORS: "-.", REPRO: "--"}
+# Reference points: the marker tells the source (filled: reached ~100 %; open: a reading).
+SOURCE_MARKERS = {PAPER: "*", AUTHORS: "s", REPRO: "D"}
+
+
+def colours_for(labels, bases):
+    """A colour per setting label: the base setting's usual colour (vanilla black, p = 0.25
+    blue, ...) for the first of its settings in the panel, the next free one otherwise."""
+    colours, used = {}, set()
+    for label, base in zip(labels, bases):
+        colour = CANONICAL_COLOURS.get(base)
+        if colour is None or colour in used:
+            colour = next((c for c in PALETTE if c not in used), "tab:gray")
+        colours[label] = colour
+        used.add(colour)
+    return colours
+
+
+def save_png(fig, path):
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+
+
+def curves_figure(settings, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    experiments = sorted({s["experiment"] for s in settings}, key=experiment_order)
+    cols = 1 if len(experiments) == 1 else 2
+    rows = math.ceil(len(experiments) / cols)
+    # Legends go under their panel (they would hide the curves): room for the longest.
+    entries = max(legend_size(settings, experiment) for experiment in experiments)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, (4.2 + 0.13 * entries) * rows),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat[len(experiments):]:
+        ax.set_visible(False)
+    for ax, experiment in zip(axes.flat, experiments):
+        present = [s for s in settings if s["experiment"] == experiment]
+        colours = colours_for([s["label"] for s in present], [s["base"] for s in present])
+        zoom = zoom_range(experiment, present)
+        inset = ax.inset_axes([0.4, 0.07, 0.57, 0.45]) if zoom else None
+        right = 1
+        for setting in present:
+            colour = colours[setting["label"]]
+            runs = setting["runs"]
+            for i, run in enumerate(runs):
+                if not run["curve"]:
+                    continue
+                epochs, accuracy = zip(*run["curve"])
+                for target in (ax, inset) if inset else (ax,):
+                    target.plot(epochs, accuracy, color=colour, lw=1.2, alpha=0.85,
+                                label=f"{setting['label']}: {runs_text(runs)}"
+                                if i == 0 and target is ax else None)
+                    if not run["final"]:
+                        # An open circle where an unfinished run stands now.
+                        target.plot(epochs[-1], accuracy[-1], "o", mfc="white", color=colour,
+                                    ms=5)
+                right = max(right, epochs[-1])
+            if not any(run["curve"] for run in runs):
+                ax.plot([], [], color=colour, label=f"{setting['label']}: no epoch yet")
+        right = draw_references(ax, experiment, present, colours, right)
+        ax.set_xlim(0, right * 1.04 + 1)
+        ax.set_ylim(0, 102)
+        if inset:
+            # The reported test accuracies lie within a point of each other: a zoom shows them.
+            draw_references(inset, experiment, present, colours, right, labels=False)
+            inset.set_xlim(0, right * 1.04 + 1)
+            inset.set_ylim(*zoom)
+            inset.set_title("zoom", fontsize=7, pad=2)
+            inset.tick_params(labelsize=7)
+            inset.grid(alpha=0.3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(f"{experiment}: validation accuracy by epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
+    fig.suptitle(textwrap.fill("Lines: our runs, coloured by setting (open circle: where a run "
+                               "that has not finished stands). Markers and flat lines: the "
+                               "references", 100 * cols), fontsize=9)
+    save_png(fig, path)
+    plt.close(fig)
+
+
+def legend_size(settings, experiment):
+    return (sum(s["experiment"] == experiment for s in settings)
+            + sum(ref.value is not None for ref in references(experiment)))
+
+
+def zoom_range(experiment, present):
+    """The accuracy range of an inset for the reported test accuracies (None: no inset)."""
+    values = [ref.value for ref in references(experiment, kind="test_accuracy")]
+    if not values:
+        return None
+    tops = [accuracy for s in present for run in s["runs"] for _, accuracy in run["curve"]]
+    low = min(values) - 2
+    high = max(values + tops) + 0.5 if tops else max(values) + 1
+    return low, min(high, 100.5)
+
+
+def draw_references(ax, experiment, present, colours, right, labels=True):
+    """The references of an experiment: reported test accuracies, bests and upper bounds as
+    flat lines (style by source), curve readings as open markers, 'reached ~100 % at' as
+    filled markers with the epoch range (marker by source)."""
+    by_base = {s["base"]: colours[s["label"]] for s in present if s["protocol"]}
+    used = set(colours.values())
+    for ref in references(experiment):
+        if ref.value is None:
+            continue
+        colour = by_base.get(ref.setting)
+        if colour is None:
+            # A setting no run of ours has: its usual colour if free, grey otherwise.
+            usual = CANONICAL_COLOURS.get(ref.setting)
+            colour = usual if usual and usual not in used else "tab:gray"
+        label = f"{ref.source}: {ref.setting or experiment} {ref.text}" if labels else None
+        if ref.kind in ("test_accuracy", "valid_max") and ref.at is None:
+            style = SOURCE_STYLES[ref.source]
+            if ref.kind == "test_accuracy" and labels:
+                label = f"{ref.source}: {ref.setting} test acc. {ref.text}"
+            ax.axhline(ref.value, color=colour, ls=style, lw=1, alpha=0.8, label=label)
+        elif ref.kind == "valid_max":
+            ax.plot([0, ref.at], [ref.value, ref.value], color=colour, ls=SOURCE_STYLES[ref.source],
+                    lw=1,
+                    label=label)
+            right = max(right, ref.at)
+        elif ref.kind == "valid_at":
+            ax.plot(ref.at, ref.value, SOURCE_MARKERS[ref.source], color=colour, mfc="none",
+                    ms=7, mew=1.5, label=label)
+            right = max(right, ref.at)
+        elif ref.kind == "solved_at":
+            low, high = ref.at if isinstance(ref.at, tuple) else (ref.at, ref.at)
+            ax.errorbar((low + high) / 2, ref.value, xerr=(high - low) / 2 or None,
+                        fmt=SOURCE_MARKERS[ref.source],
+                        color=colour, ms=9, mec="black", mew=0.5, capsize=3, label=label)
+            right = max(right, high)
+    return right
+
+
+def transfer_figure(runs, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    groups = {t: m for t, m in transfer_groups(runs).items() if m}
+    # The legend goes under the panel: room for one line per run and paper row.
+    entries = max(len(m) + (3 if t == 100 else 0) for t, m in groups.items())
+    fig, axes = plt.subplots(1, len(groups), figsize=(7.5 * len(groups), 4.2 + 0.13 * entries),
+                             squeeze=False, layout="constrained")
+    for ax, (trained, members) in zip(axes.flat, groups.items()):
+        labels = list(dict.fromkeys(run["setting"] for run in sorted(members,
+                                                                     key=setting_order)))
+        bases = [next(r["base"] for r in members if r["setting"] == label) for label in labels]
+        paper_bases = ["vanilla", "h-detach p=0.5", "h-detach p=0.25"] if trained == 100 else []
+        colours = colours_for(labels, bases)
+        protocol = {r["base"]: colours[r["setting"]] for r in members
+                    if r["setting"] == r["base"]}
+        for base in paper_bases:
+            refs = references("transfer T=100", base, "transfer")
+            colour = protocol.get(base, CANONICAL_COLOURS.get(base, "tab:gray"))
+            ax.plot([r.at for r in refs], [r.value for r in refs], "s--", color=colour,
+                    alpha=0.6, lw=1, ms=4, label=f"paper: {base}")
+        for run in sorted(members, key=lambda r: (setting_order(r), r["seed"] or 0)):
+            transfer = run["transfer"]
+            delays = [int(d) for d in transfer["accuracy"]]
+            note = "" if run["final"] else f", run {completeness(run)}"
+            stale = "" if transfer["current"] else ", out of date"
+            ax.plot(delays, list(transfer["accuracy"].values()), "o-",
+                    color=colours[run["setting"]], lw=1.6,
+                    label=f"ours: {run['setting']}, seed {run['seed']} (model of epoch "
+                          f"{transfer['checkpoint_epoch']}{note}{stale})")
+        ax.set_xscale("log")
+        delays = transfer_delays(trained, members)
+        ax.set_xticks(delays)
+        ax.set_xticklabels([str(d) for d in delays])
+        ax.minorticks_off()
+        ax.set_ylim(0, 102)
+        ax.set_xlabel("delay T' at test (time steps, log scale)")
+        ax.set_ylabel("accuracy on the last 10 steps (%)")
+        ax.set_title(f"Transfer copying: trained at T = {trained}, tested at T'")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
+    save_png(fig, path)
+    plt.close(fig)
