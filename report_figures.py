@@ -2,7 +2,7 @@
 import math
 import textwrap
 
-from report_markdown import runs_text, transfer_delays, transfer_groups
+from report_markdown import runs_text, test_set_text, transfer_delays, transfer_groups
 from report_refs import AUTHORS, PAPER, REPRO, references
 from report_runs import completeness, experiment_order, setting_order
 from runfolder import atomic_write
@@ -185,8 +185,9 @@ def transfer_figure(runs, path):
             stale = "" if transfer["current"] else ", out of date"
             ax.plot(delays, list(transfer["accuracy"].values()), "o-",
                     color=colours[run["setting"]], lw=1.6,
-                    label=f"ours: {run['setting']}, seed {run['seed']} (model of epoch "
-                          f"{transfer['checkpoint_epoch']}{note}{stale})")
+                    label=f"ours: {run['setting']}, seed {run['seed']} "
+                          f"({transfer['checkpoint']} of epoch {transfer['checkpoint_epoch']}"
+                          f"{note}{stale}; {test_set_text(transfer)})")
         ax.set_xscale("log")
         delays = transfer_delays(trained, members)
         ax.set_xticks(delays)
@@ -195,7 +196,10 @@ def transfer_figure(runs, path):
         ax.set_ylim(0, 102)
         ax.set_xlabel("delay T' at test (time steps, log scale)")
         ax.set_ylabel("accuracy on the last 10 steps (%)")
-        ax.set_title(f"Transfer copying: trained at T = {trained}, tested at T'")
+        test_sets = {test_set_text(run["transfer"]) for run in members}
+        ax.set_title(f"Transfer copying: trained at T = {trained}, tested at T'"
+                     + (f" on {test_sets.pop()}" if len(test_sets) == 1 else
+                        " (test sets: see the legend)"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     save_png(fig, path)

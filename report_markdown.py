@@ -181,6 +181,22 @@ def transfer_delays(trained, members):
     return sorted(delays)
 
 
+def test_set_text(transfer):
+    return f"{transfer['test_size']:,} sequences, seed {transfer['seed']}"
+
+
+def transfer_source(transfer):
+    """Which checkpoint and test set a transfer number comes from, and how it departs from the
+    protocol (best_model.pt as it is now; 5,000 sequences of seed 555)."""
+    text = f"{transfer['checkpoint']} of epoch {transfer['checkpoint_epoch']}"
+    if not transfer["current"]:
+        text += f" ({transfer['checkpoint']} has changed since: out of date)"
+    text += f"; {test_set_text(transfer)}"
+    if not transfer["protocol"]:
+        text += " (not the protocol's best model on 5,000 sequences of seed 555)"
+    return text
+
+
 def transfer_section(runs):
     lines = []
     for trained, members in transfer_groups(runs).items():
@@ -191,23 +207,24 @@ def transfer_section(runs):
                 values = {ref.at: ref.text for ref in references("transfer T=100", base)}
                 rows.append([f"{base} (paper)", "", "", *(values.get(d, "") for d in delays),
                              ""])
+        notes = []
         for run in sorted(members, key=lambda r: (setting_order(r), r["seed"] or 0)):
             transfer = run["transfer"]
-            model = f"{transfer['checkpoint_epoch']}"
-            if not transfer["current"]:
-                model += f" ({transfer['checkpoint']} has changed since: out of date)"
-            model += f" ({transfer['test_size']} sequences, seed {transfer['seed']})"
-            rows.append([f"{run['setting']} (ours)", run["seed"], model,
+            rows.append([f"{run['setting']} (ours)", run["seed"], transfer_source(transfer),
                          *(pct(transfer["accuracy"].get(str(d))) if str(d) in
                            transfer["accuracy"] else "—" for d in delays),
                          completeness(run) + ("" if run["final"] else " (not final)")])
+            for other in transfer["others"]:
+                values = ", ".join(f"T'={d}: {pct(a)}" for d, a in other["accuracy"].items())
+                notes.append(f"- {run['setting']}, seed {run['seed']}, also measured (not in "
+                             f"the table): {transfer_source(other)}: {values}")
         if not members:
             rows.append(["ours", "", "", *("not measured" if i == 0 else "" for i in
                                            range(len(delays))), ""])
         lines += [f"Trained at T = {trained}, accuracy (%) on the last 10 steps at delay T':", ""]
-        lines += table(["setting", "seed", "model epoch", *(f"T'={d}" for d in delays),
-                        "training run"], rows)
-        lines.append("")
+        lines += table(["setting", "seed", "model measured; test set",
+                        *(f"T'={d}" for d in delays), "training run"], rows)
+        lines += [""] + notes + [""] if notes else [""]
     return lines[:-1]
 
 
@@ -249,8 +266,10 @@ def markdown_body(data, figures, h, figure_dir, root):
     lines += copying_section(settings, copying_main) + [""]
     lines += [f"{h} Transfer copying", "",
               "The best model of a copying run, tested without training on fresh sequences of "
-              "a longer delay T' (the paper: 5,000 sequences, seed 555). 'model epoch': the "
-              "epoch of the checkpoint measured, and the test set.", ""]
+              "a longer delay T' (the paper: 5,000 sequences, seed 555). Each row names the "
+              "checkpoint measured and the test set; where a run holds several measurements, "
+              "the protocol's is shown (best model, 5,000 sequences, seed 555) and the others "
+              "are listed below the table.", ""]
     lines += transfer_section(runs) + [""]
     ablations = [e for e in experiments if is_ablation(e)]
     lines += [f"{h} Ablations", "",

@@ -7,7 +7,7 @@ import os
 import statistics
 import sys
 
-from runfolder import RUN_FILES, DamagedFile, RunFolder, file_sha256
+from runfolder import RUN_FILES, DamagedFile, RunFolder, file_sha256, transfer_measurements
 from utils import RESUMABLE_KEYS, UsageError
 
 TASKS = ("copying", "pixelmnist")
@@ -195,23 +195,50 @@ def read_run(path, root):
     return run
 
 
+PROTOCOL_TRANSFER = {"checkpoint": "best_model.pt", "seed": 555, "test_size": 5000}
+
+
 def read_transfer(folder, path):
+    """The run's transfer measurement the report shows, and every other one it holds.
+
+    transfer.json keeps every measurement (of best_model.pt as it was at several epochs, of
+    last.pt, on other test sets). Shown is the protocol's if there is one (best_model.pt, 5,000
+    sequences, seed 555), preferring one of the best_model.pt there now, then the latest; else
+    the latest measurement of the file there now, else the latest. Each says which checkpoint
+    and test set its numbers come from."""
     data = folder.transfer()
     if data is None:
         return None
-    try:
-        rows = {int(row["T"]): float(row["accuracy"]) for row in data["results"]}
-        checkpoint = data["checkpoint"]
-    except (KeyError, TypeError, ValueError):
-        raise DamagedFile(f"{os.path.join(path, 'transfer.json')}: not a transfer_copy.py "
-                          "result") from None
-    # transfer.json names the checkpoint it measured and its hash: if that file has changed
-    # since (the run went on and found a better model), the numbers are of an older model.
-    model = os.path.join(path, checkpoint)
-    current = os.path.isfile(model) and file_sha256(model) == data.get("checkpoint_sha256")
-    return {"checkpoint": checkpoint, "checkpoint_epoch": data.get("checkpoint_epoch"),
-            "trained_T": data.get("trained_T"), "seed": data.get("seed"),
-            "test_size": data.get("test_size"), "current": current,
+    measured = transfer_measurements(data, os.path.join(path, "transfer.json"))
+    if not measured:
+        return None
+    hashes = {}
+
+    def current(item):
+        # transfer.json names the checkpoint it measured and its hash: if that file has changed
+        # since (the run went on and found a better model), the numbers are of an older model.
+        name = item["checkpoint"]
+        if name not in hashes:
+            model = os.path.join(path, name)
+            hashes[name] = file_sha256(model) if os.path.isfile(model) else None
+        return hashes[name] == item["checkpoint_sha256"]
+
+    def protocol(item):
+        return all(item.get(key) == value for key, value in PROTOCOL_TRANSFER.items())
+
+    order = list(enumerate(measured))
+    _, chosen = max(order, key=lambda pair: (protocol(pair[1]), current(pair[1]), pair[0]))
+    shown = transfer_summary(chosen, current(chosen), protocol(chosen))
+    shown["others"] = [transfer_summary(item, current(item), protocol(item))
+                       for item in measured if item is not chosen]
+    return shown
+
+
+def transfer_summary(item, current, protocol):
+    rows = {int(row["T"]): float(row["accuracy"]) for row in item["results"]}
+    return {"checkpoint": item["checkpoint"], "checkpoint_epoch": item.get("checkpoint_epoch"),
+            "trained_T": item.get("trained_T"), "seed": item["seed"],
+            "test_size": item["test_size"], "current": current, "protocol": protocol,
             "accuracy": {str(delay): rows[delay] for delay in sorted(rows)}}
 
 

@@ -142,6 +142,62 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
+# transfer.json: every measurement is kept. One measurement is the accuracy at each delay of
+# one checkpoint on one test set; these fields say which (a new field that changes the test set,
+# such as a random-stream choice, belongs here too).
+TRANSFER_KEY = ("checkpoint", "checkpoint_sha256", "seed", "test_size")
+
+
+def transfer_measurements(data, path="transfer.json"):
+    """The measurements a transfer.json holds (dicts with the ``TRANSFER_KEY`` fields,
+    ``checkpoint_epoch``, ``trained_T`` and ``results``, rows of T / accuracy / loss), oldest
+    first. A file of the first format (one measurement at the top level) gives that one.
+    Anything else raises ``DamagedFile``."""
+    if not isinstance(data, dict):
+        raise DamagedFile(f"{path}: not a transfer_copy.py result")
+    found = data.get("measurements")
+    if found is None:
+        found = [{key: value for key, value in data.items()}] if "results" in data else []
+    try:
+        for item in found:
+            if not all(key in item for key in TRANSFER_KEY):
+                raise KeyError
+            for row in item["results"]:
+                int(row["T"]), float(row["accuracy"])
+    except (KeyError, TypeError, ValueError):
+        raise DamagedFile(f"{path}: not a transfer_copy.py result") from None
+    return list(found)
+
+
+def transfer_key(measurement):
+    return tuple(measurement.get(key) for key in TRANSFER_KEY)
+
+
+def record_transfer(path, measurement):
+    """Add ``measurement`` to the transfer.json at ``path``, keeping every earlier one: rows of
+    the same checkpoint and test set (``TRANSFER_KEY``) are merged by delay (the new rows win),
+    any other measurement stays as it was. The top-level fields repeat the measurement just
+    made, as the first format of the file had them. Returns the merged measurement."""
+    previous = []
+    if os.path.exists(path):
+        try:
+            previous = transfer_measurements(read_json(path), path)
+        except (OSError, ValueError, DamagedFile):
+            raise UsageError(f"{path} exists but is not a readable transfer_copy.py result; it "
+                             "is left as it is: move it away to measure again") from None
+    kept = []
+    for item in previous:
+        if transfer_key(item) == transfer_key(measurement):
+            rows = {row["T"]: row for row in item["results"]}
+            rows.update({row["T"]: row for row in measurement["results"]})
+            measurement = dict(measurement, results=[rows[t] for t in sorted(rows)])
+        else:
+            kept.append(item)
+    kept.append(measurement)
+    write_json(path, dict(measurement, measurements=kept))
+    return measurement
+
+
 def now_iso():
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 

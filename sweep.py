@@ -23,7 +23,8 @@ import time
 from tqdm import tqdm
 
 from grids import GRIDS, catalog, get_grid
-from runfolder import DamagedFile, RunFolder, atomic_write, file_sha256
+from runfolder import (DamagedFile, RunFolder, atomic_write, file_sha256,
+                       transfer_measurements)
 from utils import ArgParser, UsageError, non_negative_int, positive_int, report_errors
 
 KIT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -165,14 +166,23 @@ class Plan:
             return "waiting", {"message": f"model {run.model}: "
                                           f"{words.get(model_state, model_state)}"}
         try:
-            data = folder.transfer()
+            measured = transfer_measurements(folder.transfer() or {},
+                                             os.path.join(folder.path, "transfer.json"))
         except DamagedFile:
-            data = None
-        if data and folder.has("best_model.pt") and data.get("checkpoint_sha256") == \
-                file_sha256(os.path.join(folder.path, "best_model.pt")):
+            measured = []
+        seed, size = _transfer_test_set(run)
+        ours = [item for item in measured if item["checkpoint"] == "best_model.pt"
+                and item["seed"] == seed and item["test_size"] == size]
+        if ours and folder.has("best_model.pt"):
+            # Other measurements (last.pt, another test set) never count as this run's.
+            current = file_sha256(os.path.join(folder.path, "best_model.pt"))
             asked = set(_transfer_delays(run))
-            if asked <= {row["T"] for row in data.get("results", [])}:
-                return "done", {"message": f"model of epoch {data.get('checkpoint_epoch')}"}
+            for item in ours:
+                if item["checkpoint_sha256"] == current and \
+                        asked <= {row["T"] for row in item["results"]}:
+                    return "done", {"message": f"model of epoch {item.get('checkpoint_epoch')}"}
+            return "start", {"message": "measured on an older best_model.pt (epoch "
+                                        f"{ours[-1].get('checkpoint_epoch')}): to measure again"}
         return "start", {}
 
     def _run_named(self, name):
@@ -204,6 +214,14 @@ class Plan:
                  "restart": ["--overwrite"]}.get(state, [])
         until = ["--until-epoch", str(self.until)] if self.until is not None else []
         return [python, script, *run.args, "--save-dir", folder, *extra, *until]
+
+
+def _transfer_test_set(run):
+    """(seed, test size) of a transfer run's test sequences: its flags, or the protocol's."""
+    args = list(run.args)
+    value = {flag: int(args[args.index(flag) + 1]) for flag in ("--seed", "--test-size")
+             if flag in args}
+    return value.get("--seed", 555), value.get("--test-size", 5000)
 
 
 def _transfer_delays(run):
@@ -282,7 +300,7 @@ def cmd_status(args):
             continue
         if run.is_transfer:
             shown = {"done": "done", "waiting": "waiting for its model",
-                     "start": "not started"}[state]
+                     "start": "out of date" if info.get("message") else "not started"}[state]
             rows.append((run.name, shown, "", "", "", "", info.get("message") or ""))
             continue
         raw = RunFolder(plan.folder(run)).status()

@@ -5,6 +5,7 @@ their files; hand-made run folders cover what tiny runs cannot reach quickly (se
 the task, the best-validation-seed rule, damaged files, pixel MNIST settings).
 """
 import json
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -186,6 +187,36 @@ def test_out_defaults_to_root_and_nothing_else_is_touched(real_root, tmp_path):
     assert {p.name for p in new} == {"report.md", "report.json", "valid_accuracy.png",
                                      "transfer.png"} and all(p.parent == root for p in new)
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in before.items())
+
+
+def test_the_report_shows_the_protocols_transfer_and_names_every_measurements_source(
+        real_root, tmp_path):
+    # Issue 19: a later measurement of last.pt on 50 sequences took the place of the run's
+    # best-model measurement in the report, without saying where it came from.
+    root = tmp_path / "root"
+    shutil.copytree(real_root / "copying" / "T6_p0.5_s1", root / "run")
+    os.remove(root / "run" / "transfer.json")
+    model = str(root / "run")
+    assert transfer_copy.main(["--model-dir", model, "--T", "8", "--device", "cpu"]) == 0
+    protocol = json.loads((root / "run" / "transfer.json").read_text())["results"]
+    assert transfer_copy.main(["--model-dir", str(root / "run" / "last.pt"), "--T", "8", "12",
+                               "--test-size", "20", "--device", "cpu"]) == 0
+    data, text = run_report(root, tmp_path / "out")
+    shown = by_path(data)["run"]["transfer"]
+    assert (shown["checkpoint"], shown["test_size"], shown["seed"]) == ("best_model.pt", 5000, 555)
+    assert shown["protocol"] and shown["accuracy"] == {"8": protocol[0]["accuracy"]}
+    assert [(o["checkpoint"], o["test_size"]) for o in shown["others"]] == [("last.pt", 20)]
+    row = next(line for line in text.splitlines() if "(ours) | 1 |" in line)
+    assert "best_model.pt of epoch" in row and "5,000 sequences, seed 555" in row
+    assert "also measured (not in the table): last.pt of epoch" in text
+    assert "20 sequences, seed 555 (not the protocol's" in text
+    # With only a measurement of last.pt, that one is shown, and says what it is.
+    os.remove(root / "run" / "transfer.json")
+    assert transfer_copy.main(["--model-dir", str(root / "run" / "last.pt"), "--T", "8",
+                               "--test-size", "20", "--device", "cpu"]) == 0
+    data, text = run_report(root, tmp_path / "out2")
+    row = next(line for line in text.splitlines() if "(ours) | 1 |" in line)
+    assert "last.pt of epoch 3; 20 sequences, seed 555 (not the protocol's" in row
 
 
 def test_a_transfer_of_a_model_that_changed_since_is_marked_out_of_date(real_root, tmp_path):

@@ -183,8 +183,10 @@ def test_status_paused_then_continued(grid_file, tmp_path, capsys):
     assert data["checkpoint_epoch"] == best["epoch"] <= 2
     # Without --until-epoch the run continues to the end; its transfer is measured again when
     # its best_model.pt changed, and only then.
+    older = "of an older best_model.pt"
     (root / model / "transfer.json").write_text(json.dumps(dict(
-        data, checkpoint_sha256="of an older best_model.pt")))
+        data, checkpoint_sha256=older,
+        measurements=[dict(m, checkpoint_sha256=older) for m in data["measurements"]])))
     assert run_sweep("run", "pair", *pair) == 0
     out = capsys.readouterr().out
     assert f"resume  {model}" in out and f"start  {model}:transfer" in out
