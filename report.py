@@ -88,8 +88,9 @@ def run(args):
     public = {
         "root": os.path.abspath(root),
         "solved_threshold": SOLVED,
-        "settings": [dict({k: v for k, v in s.items() if k != "runs"},
-                          runs=[run["path"] for run in s["runs"]]) for s in settings],
+        "settings": [dict({k: v for k, v in s.items() if k not in ("runs", "repeats")},
+                          runs=[run["path"] for run in s["runs"]],
+                          repeats=[run["path"] for run in s["repeats"]]) for s in settings],
         "runs": [{k: v for k, v in run.items() if k != "key"} for run in runs],
         "skipped": skipped,
         "references": [dict(ref._asdict(), source_detail=SOURCES[ref.source])

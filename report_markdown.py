@@ -36,6 +36,15 @@ def runs_text(runs):
     return "; ".join(f"seed {run['seed']}: {completeness(run)}" for run in runs)
 
 
+def repeats_text(setting):
+    """The folders that repeat a seed of the setting: named, not counted as more seeds."""
+    repeats = setting.get("repeats") or []
+    if not repeats:
+        return ""
+    return (f" (not counted, repeats of a seed: "
+            + ", ".join(f"{run['path']} = seed {run['seed']}" for run in repeats) + ")")
+
+
 def ref_texts(experiment, setting):
     """Every reference of a setting, if it is the paper's protocol (else they do not apply)."""
     if not setting["protocol"]:
@@ -90,7 +99,7 @@ def mnist_section(settings, experiments):
             spread = stat_text(summary["test_accuracy"])
             rows.append([experiment, setting["label"], paper_text, ours, chosen_text,
                          spread + (" (so far)" if unfinished and spread != "—" else ""),
-                         runs_text(setting["runs"]),
+                         runs_text(setting["runs"]) + repeats_text(setting),
                          others])
         # The paper's settings that no run has measured yet keep their row.
         for base in reference_settings(experiment):
@@ -133,7 +142,8 @@ def copying_section(settings, experiments):
                 best = f"mean {stat_text(summary['best_valid_accuracy'])}{later}"
             first = [run["first_epoch_solved"] for run in runs
                      if run["first_epoch_solved"] is not None]
-            rows.append([experiment, setting["label"], runs_text(runs), best,
+            rows.append([experiment, setting["label"], runs_text(runs) + repeats_text(setting),
+                         best,
                          f"{summary['solved']} of {len(runs)}{later}",
                          ", ".join(map(str, sorted(first))) or "—",
                          ref_texts(experiment, setting)])
@@ -141,6 +151,12 @@ def copying_section(settings, experiments):
                 per_run.append([experiment, setting["label"], run["seed"], completeness(run),
                                 pct(run["best_valid_accuracy"]) + ("" if run["final"] else
                                                                    " (so far)"),
+                                run["best_epoch"] if run["best_epoch"] is not None else "—",
+                                solved_text(run)])
+            for run in setting["repeats"]:
+                per_run.append([experiment, setting["label"],
+                                f"{run['seed']} (repeat of {run['repeat_of']}: not counted)",
+                                completeness(run), pct(run["best_valid_accuracy"]),
                                 run["best_epoch"] if run["best_epoch"] is not None else "—",
                                 solved_text(run)])
         for base in reference_settings(experiment):
@@ -210,7 +226,9 @@ def transfer_section(runs):
         notes = []
         for run in sorted(members, key=lambda r: (setting_order(r), r["seed"] or 0)):
             transfer = run["transfer"]
-            rows.append([f"{run['setting']} (ours)", run["seed"], transfer_source(transfer),
+            seed = run["seed"] if not run.get("repeat_of") else \
+                f"{run['seed']} (repeat of {run['repeat_of']})"
+            rows.append([f"{run['setting']} (ours)", seed, transfer_source(transfer),
                          *(pct(transfer["accuracy"].get(str(d))) if str(d) in
                            transfer["accuracy"] else "—" for d in delays),
                          completeness(run) + ("" if run["final"] else " (not final)")])
@@ -235,7 +253,9 @@ def runs_section(runs):
         elapsed = "" if run["elapsed_s"] is None else f"{run['elapsed_s'] / 3600:.1f}"
         rows.append([run["path"], run["experiment"], run["setting"], run["seed"],
                      run["state"], f"{run['epochs']}/{run['planned']}", run["device"] or "?",
-                     elapsed, run["message"] or ""])
+                     elapsed, "; ".join(filter(None, [
+                         run["message"], run.get("repeat_of") and
+                         f"repeats seed {run['seed']} of {run['repeat_of']}: not counted"]))])
     return table(["run folder", "experiment", "setting", "seed", "state", "epochs done / planned",
                   "device", "training time (h)", "note"], rows)
 

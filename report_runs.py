@@ -286,18 +286,40 @@ def group_settings(runs):
                           varying[first["task"]])
         label = first["base"] + (" (" + ", ".join(shown) + ")" if shown else "")
         members.sort(key=lambda run: (run["seed"] is None, run["seed"], run["path"]))
+        members, repeats = one_per_seed(members)
         setting = {"experiment": first["experiment"], "task": first["task"],
                    "base": first["base"], "label": label, "modifiers": shown,
                    "protocol": not shown, "args": {k: v for k, v in first["args"].items()
                                                    if k not in PROCESS_KEYS and k != "seed"},
-                   "runs": members}
+                   "runs": members, "repeats": repeats}
         settings.append(setting)
     disambiguate(settings)
     for setting in settings:
-        for run in setting["runs"]:
+        for run in setting["runs"] + setting["repeats"]:
             run["setting"] = setting["label"]
     settings.sort(key=lambda s: (experiment_order(s["experiment"]), setting_order(s)))
     return settings
+
+
+def one_per_seed(members):
+    """(samples, repeats): folders of one setting and one seed are one sample, not several.
+    The most complete of them (finished, then most epochs, then the first folder) is the
+    sample; the others are repeats, each marked with the folder it repeats (``repeat_of``)."""
+    by_seed = {}
+    for run in members:
+        by_seed.setdefault(run["seed"], []).append(run)
+    samples, repeats = [], []
+    for seed, group in by_seed.items():
+        if seed is None:  # no seed to tell them apart: each run stands alone
+            samples += group
+            continue
+        kept = max(group, key=lambda run: (run["final"], run["epochs"], -group.index(run)))
+        samples.append(kept)
+        for run in group:
+            if run is not kept:
+                run["repeat_of"] = kept["path"]
+                repeats.append(run)
+    return samples, repeats
 
 
 def disambiguate(settings):

@@ -291,6 +291,29 @@ def test_copying_first_epoch_at_99_and_the_copying_best_rule(tmp_path):
     assert "1 of 2" in row and "| 2 |" in row and "paper: ~100 % for most seeds" in row
 
 
+def test_folders_of_one_seed_count_as_one_sample_and_are_named(tmp_path):
+    # Issue 19: three folders of seed 3 read "mean 0.00 ± 0.00 (n = 3)" and "0 of 3 seeds".
+    root = tmp_path / "runs"
+    for name in ("a", "b", "c"):
+        make_run(root / name, "copying", ["--T", "100", "--seed", "3"], [10, 12][:2],
+                 finished=False)
+    make_run(root / "d", "copying", ["--T", "100", "--seed", "3"], [10, 20, 30])  # finished
+    make_run(root / "e", "copying", ["--T", "100", "--seed", "4"], [50, 99.5])
+    data, text = run_report(root, tmp_path / "out")
+    [setting] = data["settings"]
+    # The finished folder is seed 3's sample; the three others are named repeats.
+    assert setting["runs"] == ["d", "e"] and setting["repeats"] == ["a", "b", "c"]
+    summary = setting["summary"]
+    assert summary["seeds"] == [3, 4] and summary["best_valid_accuracy"]["n"] == 2
+    assert summary["best_valid_accuracy"]["mean"] == pytest.approx((30 + 99.5) / 2)
+    row = next(line for line in text.splitlines() if line.startswith("| copying T=100 | vanilla"))
+    assert "1 of 2" in row and "(n = 2)" in row
+    assert "repeats of a seed: a = seed 3, b = seed 3, c = seed 3" in row
+    assert "| 3 (repeat of d: not counted) |" in text
+    runs_table = [line for line in text.splitlines() if line.startswith("| a | ")]
+    assert runs_table and "repeats seed 3 of d: not counted" in runs_table[0]
+
+
 def test_settings_are_kept_apart_and_labelled(tmp_path):
     root = tmp_path / "runs"
     base = ["--T", "100", "--p-detach", "0.25"]
