@@ -204,6 +204,39 @@ def load_mnist(data_dir, download):
     return load_mnist_file(data_dir, True, download), load_mnist_file(data_dir, False, download)
 
 
+def official_mnist(raw):
+    """(status, detail): whether the files in ``raw`` are the official MNIST, by the MD5
+    checksums torchvision publishes for the official .gz files (``MNIST.resources``).
+
+    ``official``: every .gz is there with its official MD5, and the unpacked file torchvision
+    reads holds exactly its content. ``not official``: a .gz has another MD5, or an unpacked
+    file differs from its .gz. ``unverified``: some .gz is missing, so the unpacked file alone
+    cannot be checked (torchvision keeps the .gz files it downloads; copy them with the rest)."""
+    from torchvision.datasets import MNIST
+    missing = []
+    for gz_name, md5 in MNIST.resources:
+        gz_path = os.path.join(raw, gz_name)
+        if not os.path.isfile(gz_path):
+            missing.append(gz_name)
+            continue
+        with open(gz_path, "rb") as handle:
+            packed = handle.read()
+        if hashlib.md5(packed).hexdigest() != md5:
+            return "not official", f"{gz_name} is not the official file (its MD5 differs)"
+        name = gz_name[:-len(".gz")]
+        try:
+            content = gzip.decompress(packed)
+        except (OSError, EOFError, zlib.error):
+            return "not official", f"{gz_name} cannot be unpacked"
+        with open(os.path.join(raw, name), "rb") as handle:
+            if handle.read() != content:
+                return "not official", f"{name} differs from the official {gz_name} beside it"
+    if missing:
+        return "unverified", (f"no {', '.join(missing)} in {raw} to check against "
+                              "torchvision's checksums")
+    return "official", "every file matches the MD5 torchvision publishes for it"
+
+
 def data_fingerprint(train_file, test_file):
     """SHA-256 of the images and labels, so that a resume can refuse different data."""
     digest = hashlib.sha256()
@@ -296,6 +329,16 @@ def run(args, argv, last, lock=None):
                 "rule": ("numpy.random.RandomState(seed).permutation(784)" if args.permute
                          else "row-major (identity)"),
                 "order": permutation.tolist()})
+        # What the data is: the report keeps runs on files that are not the official MNIST
+        # (or cannot be checked) away from the paper's numbers.
+        status, detail = official_mnist(os.path.join(args.data_dir, "MNIST", "raw"))
+        write_json(os.path.join(args.save_dir, "data.json"), {
+            "mnist": status, "detail": detail, "data_sha256": fingerprint,
+            "checked_against": "torchvision's MNIST.resources (MD5 of the official .gz files)"})
+        if status != "official":
+            print(f"warning: the data in {args.data_dir} is {status} as the official MNIST "
+                  f"({detail}); report.py shows this run apart from the paper's numbers",
+                  file=sys.stderr, flush=True)
         # The stored order is the truth for a resumed run, whatever this code would draw.
         pixel_order = run.extra["permutation"].to(device)
         batch = args.batch_size

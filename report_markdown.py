@@ -278,7 +278,10 @@ def markdown_body(data, figures, h, figure_dir, root):
     copying_main = [e for e in experiments if not is_ablation(e) and e.startswith("copying")]
     lines += [f"{h} Pixel MNIST and permuted MNIST", "",
               "Test accuracy (%) at the best-validation epoch of the best-validation seed (the "
-              "paper's rule); beside it the mean and sample standard deviation over seeds.", ""]
+              "paper's rule); beside it the mean and sample standard deviation over seeds. Runs "
+              "on files that are not the official MNIST, or that could not be checked against "
+              "torchvision's checksums (their data.json), are rows of their own, marked in "
+              "brackets, without the paper's numbers.", ""]
     lines += mnist_section(settings, mnist_main) + [""]
     lines += [f"{h} Copying", "",
               f"Best validation accuracy (%) and the first epoch at which validation accuracy "

@@ -69,16 +69,33 @@ def base_label(args):
     return f"{'c' if args.get('detach') == 'c' else 'h'}-detach p={p:g}"
 
 
-def experiment_name(task, args):
+# What pixelmnist.py's data.json says of the files a run read (see official_mnist there); a
+# run from before data.json existed could not be checked.
+DATA_WORDS = {"not official": "not the official MNIST files",
+              "unverified": "data not verified as the official MNIST"}
+
+
+def experiment_name(task, args, data="official"):
     """The experiment (a panel of the figure): task and delay or permutation, plus the
-    ablation a setting belongs to (c-detach; no clipping, with its learning rate)."""
+    ablation a setting belongs to (c-detach; no clipping, with its learning rate). A pixel
+    MNIST run on data that is not the official MNIST (``data``, from its data.json) is an
+    experiment of its own: it never sits beside the paper's numbers."""
     name = f"copying T={args['T']}" if task == "copying" else \
         ("pMNIST" if args.get("permute") else "MNIST")
     if args.get("detach") == "c" and args["p_detach"] > 0:
         name += ", c-detach"
     if args.get("clip", 1.0) <= 0:
         name += f", no clipping, lr={fmt_lr(args['lr'])}"
+    if task == "pixelmnist" and data != "official":
+        name += f" [{DATA_WORDS.get(data, DATA_WORDS['unverified'])}]"
     return name
+
+
+def data_status(folder):
+    """official / not official / unverified: what data.json says of a pixel-MNIST run."""
+    check = folder.data_check()
+    status = check.get("mnist") if isinstance(check, dict) else None
+    return status if status in ("official", "not official") else "unverified"
 
 
 def is_ablation(experiment):
@@ -166,10 +183,11 @@ def read_run(path, root):
         best, best_epoch = results.get("best_valid_accuracy"), results.get("best_epoch")
     else:
         best, best_epoch = best_of(rows, strict)
+    data = data_status(folder) if task == "pixelmnist" else None
     run = {
         "path": os.path.relpath(path, root), "task": task, "seed": args.get("seed"),
-        "key": setting_key(task, args), "args": args,
-        "experiment": experiment_name(task, args), "base": base_label(args),
+        "key": json.dumps([setting_key(task, args), data]), "args": args, "data": data,
+        "experiment": experiment_name(task, args, data), "base": base_label(args),
         "device": config.get("device"), "state": status["state"],
         "epochs": status["epochs"], "planned": status["planned"],
         "message": status["message"], "final": final,
@@ -289,7 +307,7 @@ def group_settings(runs):
         members, repeats = one_per_seed(members)
         setting = {"experiment": first["experiment"], "task": first["task"],
                    "base": first["base"], "label": label, "modifiers": shown,
-                   "protocol": not shown, "args": {k: v for k, v in first["args"].items()
+                   "protocol": not shown and first["data"] in (None, "official"), "args": {k: v for k, v in first["args"].items()
                                                    if k not in PROCESS_KEYS and k != "seed"},
                    "runs": members, "repeats": repeats}
         settings.append(setting)
@@ -340,13 +358,13 @@ def disambiguate(settings):
 
 
 def experiment_order(name):
-    main = name.split(",")[0]
+    main = name.split(" [")[0].split(",")[0]
     if main.startswith("copying T="):
         rank = (0, int(main.split("=")[1]))
     else:
         rank = (1, 0 if main == "MNIST" else 1)
     # Ablations by learning rate as the paper orders them: the largest first.
-    lr = -float(name.split("lr=")[1]) if "lr=" in name else 0.0
+    lr = -float(name.split("lr=")[1].split(" [")[0]) if "lr=" in name else 0.0
     return (is_ablation(name), rank, "c-detach" not in name, lr, name)
 
 

@@ -37,7 +37,7 @@ from utils import (NothingToDo, RunStopped, UsageError, explicit_keys, merge_res
 CHECKPOINT_FORMAT = "h-detach-checkpoint/1"
 # Files a run folder may hold; their presence marks a folder as holding a run.
 RUN_FILES = ("config.json", "last.pt", "best_model.pt", "results.json", "transfer.json",
-             "permutation.json", "metrics.csv", "state.json")
+             "permutation.json", "metrics.csv", "state.json", "data.json")
 EVENTS_PREFIX = "events.out.tfevents."
 LOCK_NAME = ".lock"
 # metrics.csv's columns, and the history keys (last.pt) they come from.
@@ -735,6 +735,10 @@ class RunFolder:
 
     def transfer(self):
         return self._json("transfer.json")
+
+    def data_check(self):
+        """data.json (pixel MNIST): whether the run's data is the official MNIST."""
+        return self._json("data.json")
 
     def state_file(self):
         return self._json("state.json")

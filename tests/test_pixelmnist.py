@@ -352,6 +352,34 @@ def test_loss_reads_the_last_step_only(recorded):
         assert not torch.allclose(logits, every_step[-2])
 
 
+def test_a_run_says_whether_its_data_is_the_official_mnist(recorded, tmp_path, monkeypatch):
+    # Issue 19: runs on home-made MNIST-format files sat in the report's MNIST rows beside the
+    # paper's numbers. The run checks the files against torchvision's published checksums.
+    import hashlib
+    from torchvision.datasets import MNIST
+    save, _, _ = recorded
+    check = json.loads((save / "data.json").read_text())
+    assert check["mnist"] == "unverified" and "-ubyte.gz" in check["detail"]
+    raw = tmp_path / "MNIST" / "raw"
+    make_mnist(tmp_path, gz=True)
+    pixelmnist._unpack_placed_gz(str(raw))
+    assert pixelmnist.official_mnist(str(raw))[0] == "not official"  # other MD5s
+    # Were these the official .gz files (their MD5 what torchvision publishes), they pass...
+    monkeypatch.setattr(MNIST, "resources", [
+        (name, hashlib.md5((raw / name).read_bytes()).hexdigest())
+        for name, _ in MNIST.resources])
+    assert pixelmnist.official_mnist(str(raw))[0] == "official"
+    # ... unless the unpacked file torchvision reads is not their content.
+    data = bytearray((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    data[-1] = (data[-1] + 1) % 10
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(data))
+    status, detail = pixelmnist.official_mnist(str(raw))
+    assert status == "not official" and "t10k-labels-idx1-ubyte differs" in detail
+    # Without its .gz, that file cannot be checked at all.
+    os.remove(raw / "t10k-labels-idx1-ubyte.gz")
+    assert pixelmnist.official_mnist(str(raw))[0] == "unverified"
+
+
 def test_run_folder_events_checkpoints_results(recorded):
     save, _, _ = recorded
     results = json.loads((save / "results.json").read_text())

@@ -314,6 +314,33 @@ def test_folders_of_one_seed_count_as_one_sample_and_are_named(tmp_path):
     assert runs_table and "repeats seed 3 of d: not counted" in runs_table[0]
 
 
+def test_mnist_runs_on_data_that_is_not_the_official_mnist_stand_apart(tmp_path):
+    # Issue 19: runs on home-made MNIST-format files sat in the "MNIST" rows beside the paper.
+    root = tmp_path / "runs"
+    mnist = []  # the paper's protocol
+    for name, seed, status in (("real", 1, "official"), ("home", 2, "unverified"),
+                               ("fake", 3, "not official"), ("old", 4, None)):
+        folder = make_run(root / name, "pixelmnist", mnist + ["--seed", str(seed)], [90, 91],
+                          [89, 90])
+        if status:
+            runfolder.write_json(folder / "data.json", {"mnist": status})
+    data, text = run_report(root, tmp_path / "out")
+    runs = by_path(data)
+    assert runs["real"]["experiment"] == "MNIST"
+    assert runs["home"]["experiment"] == runs["old"]["experiment"] == \
+        "MNIST [data not verified as the official MNIST]"
+    assert runs["fake"]["experiment"] == "MNIST [not the official MNIST files]"
+    settings = {s["experiment"]: s for s in data["settings"]}
+    assert settings["MNIST"]["runs"] == ["real"] and settings["MNIST"]["protocol"]
+    assert not settings["MNIST [not the official MNIST files]"]["protocol"]
+    lines = text.splitlines()
+    [beside_paper] = [line for line in lines if line.startswith("| MNIST | vanilla |")]
+    assert "| 98.6 |" in beside_paper and "seed 1" in beside_paper
+    for marked in ("| MNIST [data not verified as the official MNIST] | vanilla | — |",
+                   "| MNIST [not the official MNIST files] | vanilla | — |"):
+        assert any(line.startswith(marked) for line in lines), marked
+
+
 def test_settings_are_kept_apart_and_labelled(tmp_path):
     root = tmp_path / "runs"
     base = ["--T", "100", "--p-detach", "0.25"]
