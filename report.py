@@ -86,7 +86,8 @@ def run(args):
         data, figures, "##", "", args.root)
     atomic_write(os.path.join(out, "report.md"), lambda handle: handle.write(report.encode()))
     public = {
-        "root": os.path.abspath(root),
+        # As given (results), never absolute: the committed file is the same from any clone.
+        "root": os.path.normpath(root),
         "solved_threshold": SOLVED,
         "settings": [dict({k: v for k, v in s.items() if k not in ("runs", "repeats")},
                           runs=[run["path"] for run in s["runs"]],

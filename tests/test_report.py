@@ -341,6 +341,19 @@ def test_mnist_runs_on_data_that_is_not_the_official_mnist_stand_apart(tmp_path)
         assert any(line.startswith(marked) for line in lines), marked
 
 
+def test_the_generated_files_are_the_same_from_any_checkout(real_root, tmp_path, monkeypatch):
+    # Issue 19: report.json held the absolute path of the clone it was made in.
+    made = []
+    for clone in ("one", "elsewhere/two"):
+        shutil.copytree(real_root, tmp_path / clone / "results")
+        monkeypatch.chdir(tmp_path / clone)
+        assert report.main(["results"]) == 0
+        made.append({name: (tmp_path / clone / "results" / name).read_bytes()
+                     for name in ("report.md", "report.json")})
+    assert made[0] == made[1]
+    assert json.loads(made[0]["report.json"])["root"] == "results"
+
+
 def test_settings_are_kept_apart_and_labelled(tmp_path):
     root = tmp_path / "runs"
     base = ["--T", "100", "--p-detach", "0.25"]
