@@ -59,7 +59,8 @@ Split = namedtuple("Split", "name images labels")
 
 
 def build_parser():
-    parser = ArgParser(description=__doc__.split("\n")[0])
+    # The docstring's whole first sentence (it spans two lines): --help must not cut it off.
+    parser = ArgParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     add_run_flags(parser, seed=400, lr=1e-3, epochs=200, anneal_p=40)
     parser.flag("--permute", action="store_true",
                 help="permuted MNIST: one fixed permutation of the pixels, drawn from the seed")
@@ -201,7 +202,22 @@ def load_mnist(data_dir, download):
     raw = os.path.join(data_dir, "MNIST", "raw")
     if os.path.isdir(raw):
         _unpack_placed_gz(raw)
-    return load_mnist_file(data_dir, True, download), load_mnist_file(data_dir, False, download)
+    # torchvision makes DATA_DIR/MNIST/raw before it downloads: a failed download must not
+    # leave that empty tree behind (in the folder a sweep or a user happened to start in).
+    made, folder = [], os.path.abspath(raw)
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        return (load_mnist_file(data_dir, True, download),
+                load_mnist_file(data_dir, False, download))
+    except BaseException:
+        for folder in made:  # the deepest first; a folder that holds anything stays
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        raise
 
 
 def official_mnist(raw):

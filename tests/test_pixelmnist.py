@@ -380,6 +380,36 @@ def test_a_run_says_whether_its_data_is_the_official_mnist(recorded, tmp_path, m
     assert pixelmnist.official_mnist(str(raw))[0] == "unverified"
 
 
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    # Issue 19: a failed download left an empty ./MNIST/MNIST/raw tree behind.
+    from torchvision.datasets import MNIST
+
+    def offline(self):
+        os.makedirs(self.raw_folder, exist_ok=True)  # what torchvision does before fetching
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: no network")
+    monkeypatch.setattr(MNIST, "download", offline)
+    with pytest.raises(pixelmnist.UsageError, match="could not be downloaded"):
+        pixelmnist.load_mnist(str(tmp_path / "new" / "MNIST"), True)
+    assert not (tmp_path / "new" / "MNIST").exists() and (tmp_path / "new").exists() is False
+    # A folder that was there before stays, and so does anything in it.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(pixelmnist.UsageError):
+        pixelmnist.load_mnist(str(tmp_path / "mine"), True)
+    assert sorted(os.listdir(tmp_path / "mine")) == ["notes.txt"]
+
+
+def test_every_scripts_help_description_is_a_whole_sentence():
+    import copying
+    import report
+    import sweep
+    import transfer_copy
+    for module in (pixelmnist, copying, transfer_copy, report, sweep):
+        description = module.build_parser().description
+        assert description.endswith("."), (module.__name__, description)
+    assert pixelmnist.build_parser().description.endswith("faithful to the authors' script.")
+
+
 def test_run_folder_events_checkpoints_results(recorded):
     save, _, _ = recorded
     results = json.loads((save / "results.json").read_text())
