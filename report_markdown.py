@@ -122,7 +122,12 @@ def mnist_section(settings, experiments):
 def solved_text(run):
     if run["first_epoch_solved"] is not None:
         return f"epoch {run['first_epoch_solved']}"
-    return "not reached" + ("" if run["final"] else f" ({run['epochs']} epochs so far)")
+    return "not reached" + ("" if run["final"] else f" ({epochs_text(run['epochs'])} so far)")
+
+
+def epochs_text(count):
+    """'1 epoch', '2 epochs'."""
+    return f"{count} epoch" + ("" if count == 1 else "s")
 
 
 def copying_section(settings, experiments):

@@ -106,7 +106,7 @@ def modifier(task, key, value):
     names = {"lr": lambda v: f"lr={fmt_lr(v)}",
              "clip": lambda v: "no clipping" if v <= 0 else f"clip {v:g}",
              "lstm_size": lambda v: f"hidden {v}", "batch_size": lambda v: f"batch {v}",
-             "n_epochs": lambda v: f"{v} epochs planned",
+             "n_epochs": lambda v: f"{v} epoch{'' if v == 1 else 's'} planned",
              "anneal_p": lambda v: f"anneal-p {v}", "train_size": lambda v: f"train {v}",
              "valid_size": lambda v: f"valid {v}",
              # copying's --test-size is the number of validation sequences

@@ -539,7 +539,7 @@ def parse_run_args(parser, argv, task):
             if last["epoch"] >= args.n_epochs and \
                     os.path.exists(os.path.join(args.save_dir, "results.json")):
                 raise NothingToDo(f"the run in {args.save_dir} is complete ({last['epoch']} "
-                                  "epochs); nothing to resume")
+                                  f"epoch{'' if last['epoch'] == 1 else 's'}); nothing to resume")
             if args.until_epoch is not None and last["epoch"] >= args.until_epoch and \
                     last["epoch"] < args.n_epochs:
                 raise NothingToDo(f"the run in {args.save_dir} is at epoch {last['epoch']} of "

@@ -354,6 +354,14 @@ def test_the_generated_files_are_the_same_from_any_checkout(real_root, tmp_path,
     assert json.loads(made[0]["report.json"])["root"] == "results"
 
 
+def test_one_epoch_is_one_epoch(tmp_path):
+    # Issue 19: "not reached (1 epochs so far)".
+    root = tmp_path / "runs"
+    make_run(root / "a", "copying", ["--T", "100", "--seed", "3"], [50], finished=False)
+    _, text = run_report(root, tmp_path / "out")
+    assert "not reached (1 epoch so far)" in text and "1 epochs" not in text
+
+
 def test_settings_are_kept_apart_and_labelled(tmp_path):
     root = tmp_path / "runs"
     base = ["--T", "100", "--p-detach", "0.25"]
