@@ -414,7 +414,9 @@ def run(args, argv, last, lock=None):
         "final_valid_accuracy": run.history[-1]["valid/accuracy"],
         "p_detach": args.p_detach, "detach": args.detach, "permute": bool(args.permute),
         "seed": args.seed,
-        "lstm_size": args.lstm_size, "lr": args.lr, "train_size": args.train_size,
+        "lstm_size": args.lstm_size, "lr": args.lr, "clip": args.clip,
+        "batch_size": args.batch_size, "n_epochs": args.n_epochs, "anneal_p": args.anneal_p,
+        "train_size": args.train_size,
         "valid_size": args.valid_size, "test_size": test.images.shape[0]})
     print(f"done: best valid accuracy {results['best_valid_accuracy']:.2f}% at epoch "
           f"{results['best_epoch']}, test accuracy there {results['test_accuracy']:.2f}%; "

@@ -545,6 +545,10 @@ def parse_run_args(parser, argv, task):
                 raise NothingToDo(f"the run in {args.save_dir} is at epoch {last['epoch']} of "
                                   f"{args.n_epochs}, already at or past --until-epoch "
                                   f"{args.until_epoch}; nothing to do")
+        if args.until_epoch is not None and args.until_epoch > args.n_epochs:
+            raise UsageError(f"--until-epoch {args.until_epoch} is past the run's last epoch "
+                             f"(--n-epochs {args.n_epochs}); give at most {args.n_epochs}, or "
+                             "leave it out to train to the end")
         warn_if_annealing_dominates(args)
     except BaseException:
         lock.release()

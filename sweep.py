@@ -225,9 +225,19 @@ class Plan:
             return [python, script, "--model-dir", folder, *run.args]
         extra = {"resume": ["--resume"], "failed": ["--resume"],
                  "restart": ["--overwrite"]}.get(state, [])
-        until = ["--until-epoch", str(self.until)] if self.until is not None else []
+        planned = _flag_value(run, "--n-epochs")
+        # A run planned to end at or before --until-epoch simply trains to its end (the
+        # scripts refuse an --until-epoch past --n-epochs).
+        until = ["--until-epoch", str(self.until)] if self.until is not None and (
+            planned is None or self.until < planned) else []
         data = self.data_args if run.script == "pixelmnist.py" else []
         return [python, script, *run.args, "--save-dir", folder, *extra, *until, *data]
+
+
+def _flag_value(run, flag):
+    """The integer value a run's arguments give ``flag``, or None."""
+    args = list(run.args)
+    return int(args[args.index(flag) + 1]) if flag in args else None
 
 
 def _transfer_test_set(run):

@@ -279,6 +279,31 @@ def test_transfer_reads_a_first_format_file_and_refuses_a_damaged_one(tiny_run, 
     assert (folder / "transfer.json").read_text() == "{not json"
 
 
+def test_valid_size_names_the_validation_set_and_results_hold_the_settings(tiny_run):
+    # Issue 19: copying's validation size was only --test-size (MNIST's is --valid-size), and
+    # its results.json lacked lr, clipping and sizes.
+    parser = copying.build_parser()
+    for flag in ("--valid-size", "--valid_size", "--test-size", "--test_size"):
+        assert parser.parse_args([flag, "7", "--save-dir", "x"]).test_size == 7
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert {key: results[key] for key in ("lstm_size", "lr", "clip", "batch_size", "n_epochs",
+                                          "anneal_p", "train_size", "valid_size")} == {
+        "lstm_size": 8, "lr": 1e-3, "clip": 1.0, "batch_size": 20, "n_epochs": 3,
+        "anneal_p": 2, "train_size": 60, "valid_size": 40}
+
+
+@pytest.mark.parametrize("argv, contains", [
+    (["--anneal-p", "-3"], "--anneal-p"),
+    (["--n_epochs", "1", "--until-epoch", "5"], "--until-epoch 5 is past the run's last epoch"),
+])
+def test_meaningless_anneal_p_and_until_epoch_are_refused(tmp_path, capsys, argv, contains):
+    # Issue 19: both were accepted without a word.
+    folder = tmp_path / "run"
+    expect_error(capsys, lambda: copying.main(TINY + argv + ["--save-dir", str(folder)]),
+                 contains=contains)
+    assert not folder.exists() or not os.listdir(folder)
+
+
 def test_same_seed_same_losses(tmp_path):
     run_copying(tmp_path / "a")
     run_copying(tmp_path / "b")

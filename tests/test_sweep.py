@@ -544,3 +544,13 @@ def test_the_continue_line_repeats_every_flag_and_says_what_was_not_saved(
     assert "every run saved its state" not in out
     assert "0 run(s) saved their state; 1 stopped before their first checkpoint and will " \
            "start again: m/p0.25_s1" in out
+
+
+def test_until_epoch_past_a_runs_end_is_not_passed_to_it(tmp_path):
+    # The scripts refuse --until-epoch past --n-epochs: a sweep's stage then means "to the end".
+    plan = sweep.Plan(grids.get_grid("smoke"), str(tmp_path), until_epoch=10)
+    commands = [plan.command(run, "start") for run in plan.grid.runs if not run.is_transfer]
+    assert commands and all("--until-epoch" not in command for command in commands)
+    plan = sweep.Plan(grids.get_grid("smoke"), str(tmp_path), until_epoch=2)
+    assert all(plan.command(run, "start")[-2:] == ["--until-epoch", "2"]
+               for run in plan.grid.runs if not run.is_transfer)
