@@ -4,7 +4,7 @@ import textwrap
 
 from report_markdown import runs_text, test_set_text, transfer_delays, transfer_groups
 from report_refs import AUTHORS, PAPER, REPRO, references
-from report_runs import completeness, experiment_order, setting_order
+from report_runs import SOLVED, completeness, experiment_order, setting_order
 from runfolder import atomic_write
 
 
@@ -40,25 +40,42 @@ def save_png(fig, path):
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
 
 
+# "Reached ~100 % at epoch E" references are drawn in a strip above the 100 % line, where no
+# curve can hide them (on the line they sat on top of every solved run's curve).
+SOLVED_MARK_Y = 106
+LEGEND_FONT = 9
+
+
 def curves_figure(settings, path):
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     experiments = sorted({s["experiment"] for s in settings}, key=experiment_order)
-    cols = 1 if len(experiments) == 1 else 2
-    rows = math.ceil(len(experiments) / cols)
+    # One panel per experiment; an experiment with reported test accuracies (MNIST) gets a
+    # second panel beside it that zooms on them (an inset covered part of its panel).
+    panels = []
+    for experiment in experiments:
+        present = [s for s in settings if s["experiment"] == experiment]
+        zoom = zoom_range(experiment, present)
+        if zoom and len(panels) % 2:
+            panels.append(None)  # a panel and its zoom share a row: left, then right
+        panels.append((experiment, None))
+        if zoom:
+            panels.append((experiment, zoom))
+    cols = 1 if len(panels) == 1 else 2
+    rows = math.ceil(len(panels) / cols)
     # Legends go under their panel (they would hide the curves): room for the longest.
     entries = max(legend_size(settings, experiment) for experiment in experiments)
-    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, (4.2 + 0.13 * entries) * rows),
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, (4.4 + 0.2 * entries) * rows),
                              squeeze=False, layout="constrained")
-    for ax in axes.flat[len(experiments):]:
-        ax.set_visible(False)
-    for ax, experiment in zip(axes.flat, experiments):
+    for ax, panel in zip(axes.flat, panels + [None] * (rows * cols - len(panels))):
+        if panel is None:
+            ax.set_visible(False)
+            continue
+        experiment, zoom = panel
         present = [s for s in settings if s["experiment"] == experiment]
         colours = colours_for([s["label"] for s in present], [s["base"] for s in present])
-        zoom = zoom_range(experiment, present)
-        inset = ax.inset_axes([0.4, 0.07, 0.57, 0.45]) if zoom else None
         right = 1
         for setting in present:
             colour = colours[setting["label"]]
@@ -67,42 +84,42 @@ def curves_figure(settings, path):
                 if not run["curve"]:
                     continue
                 epochs, accuracy = zip(*run["curve"])
-                for target in (ax, inset) if inset else (ax,):
-                    target.plot(epochs, accuracy, color=colour, lw=1.2, alpha=0.85,
-                                label=f"{setting['label']}: {runs_text(runs)}"
-                                if i == 0 and target is ax else None)
-                    if not run["final"]:
-                        # An open circle where an unfinished run stands now.
-                        target.plot(epochs[-1], accuracy[-1], "o", mfc="white", color=colour,
-                                    ms=5)
+                ax.plot(epochs, accuracy, color=colour, lw=1.2, alpha=0.85,
+                        label=f"{setting['label']}: {runs_text(runs)}" if i == 0 else None)
+                if not run["final"]:
+                    # An open circle where an unfinished run stands now.
+                    ax.plot(epochs[-1], accuracy[-1], "o", mfc="white", color=colour, ms=5)
                 right = max(right, epochs[-1])
             if not any(run["curve"] for run in runs):
                 ax.plot([], [], color=colour, label=f"{setting['label']}: no epoch yet")
-        right = draw_references(ax, experiment, present, colours, right)
+        if experiment.startswith("copying"):
+            ax.axhline(SOLVED, color="0.35", ls=(0, (1, 2)), lw=0.9,
+                       label=f"{SOLVED:g} % (the report's 'reached' threshold)")
+        right = draw_references(ax, experiment, present, colours, right, labels=zoom is None)
         ax.set_xlim(0, right * 1.04 + 1)
-        ax.set_ylim(0, 102)
-        if inset:
-            # The reported test accuracies lie within a point of each other: a zoom shows them.
-            draw_references(inset, experiment, present, colours, right, labels=False)
-            inset.set_xlim(0, right * 1.04 + 1)
-            inset.set_ylim(*zoom)
-            inset.set_title("zoom", fontsize=7, pad=2)
-            inset.tick_params(labelsize=7)
-            inset.grid(alpha=0.3)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy (%)")
-        ax.set_title(f"{experiment}: validation accuracy by epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
+        if zoom:
+            # The reported test accuracies lie within a point of each other: a zoom shows them.
+            ax.set_ylim(*zoom)
+            ax.set_title(f"{experiment}: zoom on the reported test accuracies")
+            continue
+        ax.set_ylim(0, SOLVED_MARK_Y + 4)
+        ax.set_yticks(range(0, 101, 20))
+        ax.set_title(f"{experiment}: validation accuracy by epoch")
+        ax.legend(fontsize=LEGEND_FONT, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                  frameon=False)
     fig.suptitle(textwrap.fill("Lines: our runs, coloured by setting (open circle: where a run "
                                "that has not finished stands). Markers and flat lines: the "
-                               "references", 100 * cols), fontsize=9)
+                               "references; markers above 100 %: where a reference reached "
+                               "~100 %", 100 * cols), fontsize=10)
     save_png(fig, path)
     plt.close(fig)
 
 
 def legend_size(settings, experiment):
-    return (sum(s["experiment"] == experiment for s in settings)
+    return (sum(s["experiment"] == experiment for s in settings) + experiment.startswith("copying")
             + sum(ref.value is not None for ref in references(experiment)))
 
 
@@ -148,7 +165,7 @@ def draw_references(ax, experiment, present, colours, right, labels=True):
             right = max(right, ref.at)
         elif ref.kind == "solved_at":
             low, high = ref.at if isinstance(ref.at, tuple) else (ref.at, ref.at)
-            ax.errorbar((low + high) / 2, ref.value, xerr=(high - low) / 2 or None,
+            ax.errorbar((low + high) / 2, SOLVED_MARK_Y, xerr=(high - low) / 2 or None,
                         fmt=SOURCE_MARKERS[ref.source],
                         color=colour, ms=9, mec="black", mew=0.5, capsize=3, label=label)
             right = max(right, high)
@@ -163,7 +180,7 @@ def transfer_figure(runs, path):
     groups = {t: m for t, m in transfer_groups(runs).items() if m}
     # The legend goes under the panel: room for one line per run and paper row.
     entries = max(len(m) + (3 if t == 100 else 0) for t, m in groups.items())
-    fig, axes = plt.subplots(1, len(groups), figsize=(7.5 * len(groups), 4.2 + 0.13 * entries),
+    fig, axes = plt.subplots(1, len(groups), figsize=(7.5 * len(groups), 4.4 + 0.2 * entries),
                              squeeze=False, layout="constrained")
     for ax, (trained, members) in zip(axes.flat, groups.items()):
         labels = list(dict.fromkeys(run["setting"] for run in sorted(members,
@@ -178,16 +195,19 @@ def transfer_figure(runs, path):
             colour = protocol.get(base, CANONICAL_COLOURS.get(base, "tab:gray"))
             ax.plot([r.at for r in refs], [r.value for r in refs], "s--", color=colour,
                     alpha=0.6, lw=1, ms=4, label=f"paper: {base}")
+        test_sets = {test_set_text(run["transfer"]) for run in members}
         for run in sorted(members, key=lambda r: (setting_order(r), r["seed"] or 0)):
             transfer = run["transfer"]
             delays = [int(d) for d in transfer["accuracy"]]
-            note = "" if run["final"] else f", run {completeness(run)}"
+            note = "" if run["final"] else f"; run {completeness(run)}"
             stale = "" if transfer["current"] else ", out of date"
+            # The test set is in the title when every run shares it, else in each label.
+            test_set = "" if len(test_sets) == 1 else f"; {test_set_text(transfer)}"
             ax.plot(delays, list(transfer["accuracy"].values()), "o-",
                     color=colours[run["setting"]], lw=1.6,
                     label=f"ours: {run['setting']}, seed {run['seed']} "
                           f"({transfer['checkpoint']} of epoch {transfer['checkpoint_epoch']}"
-                          f"{note}{stale}; {test_set_text(transfer)})")
+                          f"{note}{stale}{test_set})")
         ax.set_xscale("log")
         delays = transfer_delays(trained, members)
         ax.set_xticks(delays)
@@ -196,11 +216,11 @@ def transfer_figure(runs, path):
         ax.set_ylim(0, 102)
         ax.set_xlabel("delay T' at test (time steps, log scale)")
         ax.set_ylabel("accuracy on the last 10 steps (%)")
-        test_sets = {test_set_text(run["transfer"]) for run in members}
         ax.set_title(f"Transfer copying: trained at T = {trained}, tested at T'"
-                     + (f" on {test_sets.pop()}" if len(test_sets) == 1 else
+                     + (f" on {next(iter(test_sets))}" if len(test_sets) == 1 else
                         " (test sets: see the legend)"))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
+        ax.legend(fontsize=LEGEND_FONT, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                  frameon=False)
     save_png(fig, path)
     plt.close(fig)
