@@ -27,7 +27,7 @@ from report_markdown import BEGIN, END, markdown_body, readme_block_lines, write
 from report_refs import REFERENCE, SOURCES, TRANSFER_T  # noqa: F401 (part of report's API)
 from report_runs import (SOLVED, base_label, best_of, experiment_name,  # noqa: F401
                          group_settings, load_runs, normalise_args, summarise)
-from runfolder import atomic_write
+from runfolder import EventLog, RunFolder, atomic_write
 from utils import ArgParser, UsageError, report_errors
 
 # The report is split into modules: report_refs (reference numbers, as data), report_runs
@@ -47,11 +47,36 @@ def clean(value):
     return value
 
 
+# metrics.csv's columns and the TensorBoard tags the training scripts log them under.
+EPOCH_TAGS = {"valid_accuracy": "valid/accuracy", "valid_loss": "valid/loss",
+              "train_loss": "train/epoch_loss", "p_detach": "p_detach",
+              "test_accuracy": "test/accuracy"}
+
+
+def write_tensorboard(root, runs, out):
+    """Per-epoch event files rebuilt from each run's metrics.csv, one folder per run under
+    ``out`` (step = epochs done, as the scripts log them; per-iteration losses are not in
+    metrics.csv)."""
+    for run in runs:
+        folder = os.path.join(out, run["path"])
+        os.makedirs(folder, exist_ok=True)
+        log = EventLog(folder)
+        for row in RunFolder(os.path.join(root, run["path"])).metrics():
+            for column, tag in EPOCH_TAGS.items():
+                if row.get(column) is not None and math.isfinite(row[column]):
+                    log.scalar(tag, row[column], row["epoch"])
+        log.close()
+
+
 def build_parser():
     parser = ArgParser(description=__doc__.split("\n")[0])
     parser.add_argument("root", metavar="ROOT", help="a folder of run folders (at any depth)")
     parser.flag("--out", default=None, metavar="DIR",
                 help="where report.md, report.json and the figures go (default ROOT)")
+    parser.flag("--tensorboard", default=None, metavar="DIR",
+                help="also write TensorBoard event files rebuilt from each run's metrics.csv "
+                     "(per-epoch scalars) into DIR, a new or empty folder: for runs whose "
+                     "own event files are not there (results/ does not commit them)")
     parser.flag("--readme", default=None, metavar="PATH",
                 help=f"also replace the lines between {BEGIN} and {END} in PATH with the "
                      "report's tables")
@@ -68,6 +93,10 @@ def run(args):
         raise UsageError(f"--out {out} exists and is not a folder")
     if args.readme:
         readme_block_lines(args.readme)  # refuse before writing anything
+    if args.tensorboard and os.path.exists(args.tensorboard) and (
+            not os.path.isdir(args.tensorboard) or os.listdir(args.tensorboard)):
+        raise UsageError(f"--tensorboard {args.tensorboard} must be a new or empty folder (its "
+                         "event files would mix with those already there)")
     runs, skipped = load_runs(root)
     settings = group_settings(runs)
     for setting in settings:
@@ -102,6 +131,9 @@ def run(args):
     atomic_write(os.path.join(out, "report.json"), lambda handle: handle.write(text.encode()))
     written = [os.path.join(out, name) for name in ("report.md", "report.json")] + \
         [os.path.join(out, name) for name, _ in figures]
+    if args.tensorboard:
+        write_tensorboard(root, runs, args.tensorboard)
+        written.append(f"{args.tensorboard} (view: tensorboard --logdir {args.tensorboard})")
     if args.readme:
         figure_dir = os.path.relpath(out, os.path.dirname(os.path.abspath(args.readme)))
         write_readme(args.readme, markdown_body(data, figures, "###", figure_dir, args.root))

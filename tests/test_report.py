@@ -364,6 +364,23 @@ def test_one_epoch_is_one_epoch(tmp_path):
     assert "not reached (1 epoch so far)" in text and "1 epochs" not in text
 
 
+def test_tensorboard_events_are_rebuilt_from_metrics_csv(real_root, tmp_path, capsys):
+    # Issue 19: results/ commits no event files, so "tensorboard --logdir results" showed nothing.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    board = tmp_path / "board"
+    run_report(real_root, tmp_path / "out", "--tensorboard", board)
+    for path in ("copying/T6_p0.5_s1", "copying/T6_p0.5_s3"):
+        rows = runfolder.read_metrics(real_root / path / "metrics.csv")
+        events = EventAccumulator(str(board / path))
+        events.Reload()
+        for tag, column in (("valid/accuracy", "valid_accuracy"),
+                            ("train/epoch_loss", "train_loss")):
+            assert [(e.step, e.value) for e in events.Scalars(tag)] == [
+                (row["epoch"], pytest.approx(row[column])) for row in rows]
+    # A folder that already holds something is refused (its events would mix with ours).
+    one_line_error(capsys, [real_root, "--out", tmp_path / "out", "--tensorboard", board])
+
+
 def test_settings_are_kept_apart_and_labelled(tmp_path):
     root = tmp_path / "runs"
     base = ["--T", "100", "--p-detach", "0.25"]
