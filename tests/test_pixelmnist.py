@@ -209,6 +209,7 @@ def test_gz_files_are_unpacked_and_read(tmp_path):
 
 
 def one_line_error(capsys, argv, code=2):
+    capsys.readouterr()  # what earlier calls printed (such as the data warning of a run)
     with pytest.raises(SystemExit) as exc:
         pixelmnist.main([str(a) for a in argv])
     assert exc.value.code == code
