@@ -113,8 +113,8 @@ def test_every_grid_command_parses_with_its_script(tmp_path):
 
 
 def test_smoke_and_campaign_settings():
-    smoke = grids.get_grid("smoke")
-    for run in smoke.runs:
+    smoke = grids.get_grid("smoke").runs + grids.get_grid("smoke-learns").runs
+    for run in smoke:
         if run.is_transfer:
             continue
         args = copying.build_parser().parse_args([*run.args, "--save-dir", "x"])
