@@ -44,6 +44,7 @@ def save_png(fig, path):
 # curve can hide them (on the line they sat on top of every solved run's curve).
 SOLVED_MARK_Y = 106
 LEGEND_FONT = 9
+LEGEND_WIDTH = 90  # characters of a legend line at LEGEND_FONT under a 7.5-inch panel
 
 
 def curves_figure(settings, path):
@@ -85,7 +86,8 @@ def curves_figure(settings, path):
                     continue
                 epochs, accuracy = zip(*run["curve"])
                 ax.plot(epochs, accuracy, color=colour, lw=1.2, alpha=0.85,
-                        label=f"{setting['label']}: {runs_text(runs)}" if i == 0 else None)
+                        label=wrap(f"{setting['label']}: {runs_text(runs)}") if i == 0
+                        else None)
                 if not run["final"]:
                     # An open circle where an unfinished run stands now.
                     ax.plot(epochs[-1], accuracy[-1], "o", mfc="white", color=colour, ms=5)
@@ -116,6 +118,12 @@ def curves_figure(settings, path):
                                "~100 %", 100 * cols), fontsize=10)
     save_png(fig, path)
     plt.close(fig)
+
+
+def wrap(label):
+    """A legend entry on lines that fit under a panel (a long setting label ran off the
+    figure's sides)."""
+    return textwrap.fill(label, LEGEND_WIDTH, subsequent_indent="  ")
 
 
 def legend_size(settings, experiment):
@@ -205,9 +213,9 @@ def transfer_figure(runs, path):
             test_set = "" if len(test_sets) == 1 else f"; {test_set_text(transfer)}"
             ax.plot(delays, list(transfer["accuracy"].values()), "o-",
                     color=colours[run["setting"]], lw=1.6,
-                    label=f"ours: {run['setting']}, seed {run['seed']} "
-                          f"({transfer['checkpoint']} of epoch {transfer['checkpoint_epoch']}"
-                          f"{note}{stale}{test_set})")
+                    label=wrap(f"ours: {run['setting']}, seed {run['seed']} "
+                               f"({transfer['checkpoint']} of epoch "
+                               f"{transfer['checkpoint_epoch']}{note}{stale}{test_set})"))
         ax.set_xscale("log")
         delays = transfer_delays(trained, members)
         ax.set_xticks(delays)
