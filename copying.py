@@ -47,8 +47,11 @@ def build_parser():
                 help="gradient-norm clipping; <= 0 turns it off (default 1.0)")
     parser.flag("--train-size", type=positive_int, default=100000,
                 help="training sequences (default 100000)")
-    parser.flag("--test-size", type=positive_int, default=5000,
-                help="validation sequences (default 5000)")
+    # --valid-size is the clear name; --test-size is the authors' (it counts validation
+    # sequences) and stays the stored key, so runs made before either name resume and compare.
+    parser.flag("--valid-size", "--test-size", dest="test_size", type=positive_int,
+                default=5000, help="validation sequences (default 5000; also --test-size, "
+                "the authors' name)")
     return parser
 
 
@@ -152,7 +155,10 @@ def run(args, argv, last, lock=None):
                           "best_epoch": run.best["epoch"],
                           "final_valid_accuracy": run.history[-1]["valid/accuracy"],
                           "T": args.T, "p_detach": args.p_detach, "detach": args.detach,
-                          "seed": args.seed})
+                          "seed": args.seed, "lstm_size": args.lstm_size, "lr": args.lr,
+                          "clip": args.clip, "batch_size": args.batch_size,
+                          "n_epochs": args.n_epochs, "anneal_p": args.anneal_p,
+                          "train_size": args.train_size, "valid_size": args.test_size})
     print(f"done: best valid accuracy {results['best_valid_accuracy']:.2f}% at epoch "
           f"{results['best_epoch']}; results in {os.path.join(args.save_dir, 'results.json')}")
     return 0

@@ -68,7 +68,8 @@ Split = namedtuple("Split", "name images labels")
 
 
 def build_parser():
-    parser = ArgParser(description=__doc__.split("\n")[0])
+    # The docstring's whole first sentence (it spans two lines): --help must not cut it off.
+    parser = ArgParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     add_run_flags(parser, seed=400, lr=1e-3, epochs=200, anneal_p=40)
     parser.flag("--permute", action="store_true",
                 help="permuted MNIST: one fixed permutation of the pixels, drawn from the seed")
@@ -210,7 +211,55 @@ def load_mnist(data_dir, download):
     raw = os.path.join(data_dir, "MNIST", "raw")
     if os.path.isdir(raw):
         _unpack_placed_gz(raw)
-    return load_mnist_file(data_dir, True, download), load_mnist_file(data_dir, False, download)
+    # torchvision makes DATA_DIR/MNIST/raw before it downloads: a failed download must not
+    # leave that empty tree behind (in the folder a sweep or a user happened to start in).
+    made, folder = [], os.path.abspath(raw)
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        return (load_mnist_file(data_dir, True, download),
+                load_mnist_file(data_dir, False, download))
+    except BaseException:
+        for folder in made:  # the deepest first; a folder that holds anything stays
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        raise
+
+
+def official_mnist(raw):
+    """(status, detail): whether the files in ``raw`` are the official MNIST, by the MD5
+    checksums torchvision publishes for the official .gz files (``MNIST.resources``).
+
+    ``official``: every .gz is there with its official MD5, and the unpacked file torchvision
+    reads holds exactly its content. ``not official``: a .gz has another MD5, or an unpacked
+    file differs from its .gz. ``unverified``: some .gz is missing, so the unpacked file alone
+    cannot be checked (torchvision keeps the .gz files it downloads; copy them with the rest)."""
+    from torchvision.datasets import MNIST
+    missing = []
+    for gz_name, md5 in MNIST.resources:
+        gz_path = os.path.join(raw, gz_name)
+        if not os.path.isfile(gz_path):
+            missing.append(gz_name)
+            continue
+        with open(gz_path, "rb") as handle:
+            packed = handle.read()
+        if hashlib.md5(packed).hexdigest() != md5:
+            return "not official", f"{gz_name} is not the official file (its MD5 differs)"
+        name = gz_name[:-len(".gz")]
+        try:
+            content = gzip.decompress(packed)
+        except (OSError, EOFError, zlib.error):
+            return "not official", f"{gz_name} cannot be unpacked"
+        with open(os.path.join(raw, name), "rb") as handle:
+            if handle.read() != content:
+                return "not official", f"{name} differs from the official {gz_name} beside it"
+    if missing:
+        return "unverified", (f"no {', '.join(missing)} in {raw} to check against "
+                              "torchvision's checksums")
+    return "official", "every file matches the MD5 torchvision publishes for it"
 
 
 def data_fingerprint(train_file, test_file):
@@ -333,6 +382,16 @@ def run(args, argv, last, lock=None):
                 "rule": ("numpy.random.RandomState(seed).permutation(784)" if args.permute
                          else "row-major (identity)"),
                 "order": permutation.tolist()})
+        # What the data is: the report keeps runs on files that are not the official MNIST
+        # (or cannot be checked) away from the paper's numbers.
+        status, detail = official_mnist(os.path.join(args.data_dir, "MNIST", "raw"))
+        write_json(os.path.join(args.save_dir, "data.json"), {
+            "mnist": status, "detail": detail, "data_sha256": fingerprint,
+            "checked_against": "torchvision's MNIST.resources (MD5 of the official .gz files)"})
+        if status != "official":
+            print(f"warning: the data in {args.data_dir} is {status} as the official MNIST "
+                  f"({detail}); report.py shows this run apart from the paper's numbers",
+                  file=sys.stderr, flush=True)
         # The stored order is the truth for a resumed run, whatever this code would draw.
         pixel_order = run.extra["permutation"].to(device)
         batch = args.batch_size
@@ -397,7 +456,9 @@ def run(args, argv, last, lock=None):
         "final_valid_accuracy": run.history[-1]["valid/accuracy"],
         "p_detach": args.p_detach, "detach": args.detach, "permute": bool(args.permute),
         "seed": args.seed,
-        "lstm_size": args.lstm_size, "lr": args.lr, "train_size": args.train_size,
+        "lstm_size": args.lstm_size, "lr": args.lr, "clip": args.clip,
+        "batch_size": args.batch_size, "n_epochs": args.n_epochs, "anneal_p": args.anneal_p,
+        "train_size": args.train_size,
         "valid_size": args.valid_size, "test_size": test.images.shape[0]})
     print(f"done: best valid accuracy {results['best_valid_accuracy']:.2f}% at epoch "
           f"{results['best_epoch']}, test accuracy there {results['test_accuracy']:.2f}%; "

@@ -42,7 +42,7 @@ from utils import (PREDATED_VALUES, NothingToDo, RunStopped, UsageError, explici
 CHECKPOINT_FORMAT = "h-detach-checkpoint/1"
 # Files a run folder may hold; their presence marks a folder as holding a run.
 RUN_FILES = ("config.json", "last.pt", "best_model.pt", "results.json", "transfer.json",
-             "permutation.json", "metrics.csv", "state.json")
+             "permutation.json", "metrics.csv", "state.json", "data.json")
 EVENTS_PREFIX = "events.out.tfevents."
 LOCK_NAME = ".lock"
 # metrics.csv's columns, and the history keys (last.pt) they come from.
@@ -145,6 +145,65 @@ def file_sha256(path):
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# transfer.json: every measurement is kept. One measurement is the accuracy at each delay of
+# one checkpoint on one test set; these fields say which (a new field that changes the test set,
+# such as a random-stream choice, belongs here too).
+TRANSFER_KEY = ("checkpoint", "checkpoint_sha256", "seed", "test_size")
+
+
+def transfer_measurements(data, path="transfer.json"):
+    """The measurements a transfer.json holds (dicts with the ``TRANSFER_KEY`` fields,
+    ``checkpoint_epoch``, ``trained_T`` and ``results``, rows of T / accuracy / loss), oldest
+    first. A file of the first format (one measurement at the top level) gives that one.
+    Anything else raises ``DamagedFile``."""
+    if not isinstance(data, dict):
+        raise DamagedFile(f"{path}: not a transfer_copy.py result")
+    found = data.get("measurements")
+    if found is None:
+        found = [{key: value for key, value in data.items()}] if "results" in data else []
+    try:
+        for item in found:
+            if not all(key in item for key in TRANSFER_KEY):
+                raise KeyError
+            for row in item["results"]:
+                int(row["T"]), float(row["accuracy"])
+    except (KeyError, TypeError, ValueError):
+        raise DamagedFile(f"{path}: not a transfer_copy.py result") from None
+    return list(found)
+
+
+def transfer_key(measurement):
+    """Which checkpoint and test set a measurement is of; the test set's random streams
+    (``rng``) count too, a measurement from before ``--rng`` being of the kit's."""
+    return tuple(measurement.get(key) for key in TRANSFER_KEY) + (
+        measurement.get("rng", "kit"),)
+
+
+def record_transfer(path, measurement):
+    """Add ``measurement`` to the transfer.json at ``path``, keeping every earlier one: rows of
+    the same checkpoint and test set (``TRANSFER_KEY``) are merged by delay (the new rows win),
+    any other measurement stays as it was. The top-level fields repeat the measurement just
+    made, as the first format of the file had them. Returns the merged measurement."""
+    previous = []
+    if os.path.exists(path):
+        try:
+            previous = transfer_measurements(read_json(path), path)
+        except (OSError, ValueError, DamagedFile):
+            raise UsageError(f"{path} exists but is not a readable transfer_copy.py result; it "
+                             "is left as it is: move it away to measure again") from None
+    kept = []
+    for item in previous:
+        if transfer_key(item) == transfer_key(measurement):
+            rows = {row["T"]: row for row in item["results"]}
+            rows.update({row["T"]: row for row in measurement["results"]})
+            measurement = dict(measurement, results=[rows[t] for t in sorted(rows)])
+        else:
+            kept.append(item)
+    kept.append(measurement)
+    write_json(path, dict(measurement, measurements=kept))
+    return measurement
 
 
 def now_iso():
@@ -503,12 +562,16 @@ def parse_run_args(parser, argv, task):
             if last["epoch"] >= args.n_epochs and \
                     os.path.exists(os.path.join(args.save_dir, "results.json")):
                 raise NothingToDo(f"the run in {args.save_dir} is complete ({last['epoch']} "
-                                  "epochs); nothing to resume")
+                                  f"epoch{'' if last['epoch'] == 1 else 's'}); nothing to resume")
             if args.until_epoch is not None and last["epoch"] >= args.until_epoch and \
                     last["epoch"] < args.n_epochs:
                 raise NothingToDo(f"the run in {args.save_dir} is at epoch {last['epoch']} of "
                                   f"{args.n_epochs}, already at or past --until-epoch "
                                   f"{args.until_epoch}; nothing to do")
+        if args.until_epoch is not None and args.until_epoch > args.n_epochs:
+            raise UsageError(f"--until-epoch {args.until_epoch} is past the run's last epoch "
+                             f"(--n-epochs {args.n_epochs}); give at most {args.n_epochs}, or "
+                             "leave it out to train to the end")
         warn_if_annealing_dominates(args)
     except BaseException:
         lock.release()
@@ -722,6 +785,10 @@ class RunFolder:
 
     def transfer(self):
         return self._json("transfer.json")
+
+    def data_check(self):
+        """data.json (pixel MNIST): whether the run's data is the official MNIST."""
+        return self._json("data.json")
 
     def state_file(self):
         return self._json("state.json")

@@ -23,7 +23,8 @@ import time
 from tqdm import tqdm
 
 from grids import GRIDS, catalog, get_grid
-from runfolder import DamagedFile, RunFolder, atomic_write, file_sha256
+from runfolder import (DamagedFile, RunFolder, atomic_write, file_sha256,
+                       transfer_measurements)
 from utils import ArgParser, UsageError, non_negative_int, positive_int, report_errors
 
 KIT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -64,17 +65,27 @@ def until_flag(parser):
                 help="stop training runs after epoch E (default: the grid's own, if any)")
 
 
+def data_flags(parser):
+    parser.flag("--data-dir", default=None, metavar="DIR",
+                help="MNIST runs: the --data-dir each gets (made absolute, so it does not "
+                     "depend on where the runs start; default: the script's ./MNIST)")
+    parser.flag("--no-download", action="store_true",
+                help="MNIST runs: never download (passed on as --no-download)")
+
+
 def build_parser():
     parser = ArgParser(prog="sweep.py", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    def command(name, help_text):
+    def command(name, help_text, data=True):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("grid", metavar="GRID", help=f"one of: {', '.join(GRIDS)}")
         sub.flag("--root", default="runs", help="where the run folders go (default runs)")
         sub.flag("--grids", default=None, metavar="FILE",
                  help="a Python file whose GRIDS dict adds grids of your own (see grids.py)")
+        if data:
+            data_flags(sub)
         return sub
 
     listing = command("list", "print one full command per unfinished run, nothing run")
@@ -89,7 +100,8 @@ def build_parser():
     until_flag(run)
     run.flag("--retry-failed", action="store_true",
              help="resume runs that failed before (default: report them and leave them)")
-    command("status", "a table of every run of the grid: state, epochs, best accuracy")
+    command("status", "a table of every run of the grid: state, epochs, best accuracy",
+            data=False)
     slurm = command("slurm", "submit one SLURM job array, one task per unfinished run")
     slurm.flag("--partition", default=None, help="SLURM partition")
     slurm.flag("--time", type=slurm_time, default="24:00:00",
@@ -110,6 +122,7 @@ def build_parser():
     task.flag("--tasks-file", required=True)
     task.flag("--index", type=int, required=True)
     task.flag("--until-epoch", type=positive_int, default=None)
+    data_flags(task)
     return parser
 
 
@@ -118,9 +131,10 @@ def build_parser():
 class Plan:
     """A grid under a root: what each run needs (``state``) and the command that does it."""
 
-    def __init__(self, grid, root, until_epoch=None, known=None):
+    def __init__(self, grid, root, until_epoch=None, known=None, data_args=()):
         self.grid, self.root = grid, root
         self.known = known or GRIDS
+        self.data_args = list(data_args)  # --data-dir / --no-download for MNIST runs
         self.until = until_epoch if until_epoch is not None else grid.until_epoch
         self.by_name = {run.name: run for run in grid.runs}
 
@@ -165,14 +179,24 @@ class Plan:
             return "waiting", {"message": f"model {run.model}: "
                                           f"{words.get(model_state, model_state)}"}
         try:
-            data = folder.transfer()
+            measured = transfer_measurements(folder.transfer() or {},
+                                             os.path.join(folder.path, "transfer.json"))
         except DamagedFile:
-            data = None
-        if data and folder.has("best_model.pt") and data.get("checkpoint_sha256") == \
-                file_sha256(os.path.join(folder.path, "best_model.pt")):
+            measured = []
+        seed, size, rng = _transfer_test_set(run)
+        ours = [item for item in measured if item["checkpoint"] == "best_model.pt"
+                and item["seed"] == seed and item["test_size"] == size
+                and item.get("rng", "kit") == rng]  # measured before --rng: the kit's
+        if ours and folder.has("best_model.pt"):
+            # Other measurements (last.pt, another test set) never count as this run's.
+            current = file_sha256(os.path.join(folder.path, "best_model.pt"))
             asked = set(_transfer_delays(run))
-            if asked <= {row["T"] for row in data.get("results", [])}:
-                return "done", {"message": f"model of epoch {data.get('checkpoint_epoch')}"}
+            for item in ours:
+                if item["checkpoint_sha256"] == current and \
+                        asked <= {row["T"] for row in item["results"]}:
+                    return "done", {"message": f"model of epoch {item.get('checkpoint_epoch')}"}
+            return "start", {"message": "measured on an older best_model.pt (epoch "
+                                        f"{ours[-1].get('checkpoint_epoch')}): to measure again"}
         return "start", {}
 
     def _run_named(self, name):
@@ -202,8 +226,29 @@ class Plan:
             return [python, script, "--model-dir", folder, *run.args]
         extra = {"resume": ["--resume"], "failed": ["--resume"],
                  "restart": ["--overwrite"]}.get(state, [])
-        until = ["--until-epoch", str(self.until)] if self.until is not None else []
-        return [python, script, *run.args, "--save-dir", folder, *extra, *until]
+        planned = _flag_value(run, "--n-epochs")
+        # A run planned to end at or before --until-epoch simply trains to its end (the
+        # scripts refuse an --until-epoch past --n-epochs).
+        until = ["--until-epoch", str(self.until)] if self.until is not None and (
+            planned is None or self.until < planned) else []
+        data = self.data_args if run.script == "pixelmnist.py" else []
+        return [python, script, *run.args, "--save-dir", folder, *extra, *until, *data]
+
+
+def _flag_value(run, flag):
+    """The integer value a run's arguments give ``flag``, or None."""
+    args = list(run.args)
+    return int(args[args.index(flag) + 1]) if flag in args else None
+
+
+def _transfer_test_set(run):
+    """(seed, test size, rng) of a transfer run's test sequences: its flags, or the defaults
+    of transfer_copy.py (the protocol's seed and size, the authors' streams)."""
+    args = list(run.args)
+    value = {flag: int(args[args.index(flag) + 1]) for flag in ("--seed", "--test-size")
+             if flag in args}
+    rng = args[args.index("--rng") + 1] if "--rng" in args else "authors"
+    return value.get("--seed", 555), value.get("--test-size", 5000), rng
 
 
 def _transfer_delays(run):
@@ -225,7 +270,17 @@ def open_plan(args):
         raise UsageError(err.args[0]) from None
     if os.path.exists(args.root) and not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root} exists and is not a folder")
-    return Plan(grid, args.root, getattr(args, "until_epoch", None), known)
+    return Plan(grid, args.root, getattr(args, "until_epoch", None), known, data_args(args))
+
+
+def data_args(args):
+    """The MNIST runs' data flags, as given to the sweep (the folder made absolute)."""
+    given = []
+    if getattr(args, "data_dir", None):
+        given += ["--data-dir", os.path.abspath(args.data_dir)]
+    if getattr(args, "no_download", False):
+        given.append("--no-download")
+    return given
 
 
 def short_duration(seconds):
@@ -243,6 +298,16 @@ def short_duration(seconds):
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def duration_text(seconds):
+    """Seconds as --time-limit takes them back: 9000 -> '2h30m', 45 -> '45s'."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + \
+        (f"{secs}s" if secs else "")
+    return text or "1s"
+
+
 def describe(info):
     if info.get("state") == "not started":
         return ""
@@ -253,7 +318,7 @@ def describe(info):
 
 def cmd_list(args):
     plan = open_plan(args)
-    done = 0
+    done = waiting = 0
     for run in plan.grid.runs:
         state, info = plan.state(run)
         if state == "damaged":
@@ -262,6 +327,12 @@ def cmd_list(args):
         if state in ("done", "reached") and not args.all:
             done += 1
             continue
+        if state == "waiting":
+            # Not listed: a parallel runner would start it before its model exists. It is
+            # listed by a later call, once its model is done or paused at --until-epoch.
+            waiting += 1
+            print(f"# not listed: {run.name}, {info['message']}", file=sys.stderr)
+            continue
         line = shlex.join(plan.command(run, state))
         # With --all, finished runs are shown commented out: the listing stays safe to pipe.
         print(f"# {state}: {line}" if state in ("done", "reached") else line)
@@ -269,6 +340,9 @@ def cmd_list(args):
         print(f"# {done} run(s) done or paused at --until-epoch {plan.until}, not listed "
               "(--all lists them)" if plan.until else f"# {done} run(s) done, not listed "
               "(--all lists them)", file=sys.stderr)
+    if waiting:
+        print(f"# {waiting} transfer run(s) wait for their model: run the listed commands to "
+              "the end, then list again", file=sys.stderr)
     return 0
 
 
@@ -282,7 +356,7 @@ def cmd_status(args):
             continue
         if run.is_transfer:
             shown = {"done": "done", "waiting": "waiting for its model",
-                     "start": "not started"}[state]
+                     "start": "out of date" if info.get("message") else "not started"}[state]
             rows.append((run.name, shown, "", "", "", "", info.get("message") or ""))
             continue
         raw = RunFolder(plan.folder(run)).status()
@@ -359,6 +433,7 @@ class LocalSweep:
         self.retry_failed = retry_failed
         self.running = {}       # name -> (Popen, run, log handle)
         self.failed, self.stopped, self.finished = [], [], []
+        self.unsaved = []  # stopped before they had anything to save: they start again
         self.stop_reason = None
         self.done = self.total = 0  # runs this sweep has taken through, of how many
 
@@ -388,6 +463,7 @@ class LocalSweep:
             # Our SIGTERM came before the run had set up its clean stop (while it was still
             # loading): nothing of it was saved yet, and nothing was lost.
             self.stopped.append(run.name)
+            self.unsaved.append(run.name)
             self.say(f"stopped  {run.name} before its first checkpoint (nothing lost)")
             return
         if proc.returncode != 0:
@@ -403,7 +479,8 @@ class LocalSweep:
         if info["state"] == "done":
             self.finished.append(run.name)
             best = info["best_valid"]
-            self.say(f"   done  {run.name}: {info['epochs']} epochs, best valid "
+            self.say(f"   done  {run.name}: {info['epochs']} epoch"
+                     f"{'' if info['epochs'] == 1 else 's'}, best valid "
                      f"{best:.2f}%")
         elif info["state"] == "paused":
             self.finished.append(run.name)
@@ -520,12 +597,22 @@ def cmd_run(args):
           + (f", training runs stop after epoch {plan.until}" if plan.until else ""),
           flush=True)
     sweep.go()
+    # Every flag that decides what the runs compute or how fast (threads change CPU sums),
+    # so the continued sweep is the same sweep.
     again = shlex.join(["python", "sweep.py", "run", plan.grid.name, "--root", plan.root,
-                        "--jobs", str(args.jobs)]
+                        "--jobs", str(args.jobs), "--threads", str(threads)]
                        + (["--grids", args.grids] if args.grids else [])
-                       + (["--until-epoch", str(args.until_epoch)] if args.until_epoch else []))
+                       + (["--until-epoch", str(args.until_epoch)] if args.until_epoch else [])
+                       + (["--time-limit", duration_text(args.time_limit)]
+                          if args.time_limit else [])
+                       + (["--retry-failed"] if args.retry_failed else [])
+                       + plan.data_args)
     if sweep.stop_reason:
-        print(f"stopped ({sweep.stop_reason}); every run saved its state. Continue with:\n"
+        saved = [name for name in sweep.stopped if name not in sweep.unsaved]
+        what = "every run saved its state" if not sweep.unsaved else (
+            f"{len(saved)} run(s) saved their state; {len(sweep.unsaved)} stopped before their "
+            f"first checkpoint and will start again: {', '.join(sweep.unsaved)}")
+        print(f"stopped ({sweep.stop_reason}); {what}. Continue with:\n"
               f"  {again}", flush=True)
     summary = (f"{len(sweep.finished)} finished or paused, {len(sweep.stopped)} stopped, "
                f"{len(sweep.failed)} failed")
@@ -584,7 +671,7 @@ def batch_script(plan, args, tasks_file, count):
     until = ["--until-epoch", str(plan.until)] if plan.until else []
     grids = ["--grids", os.path.abspath(args.grids)] if args.grids else []
     task = [sys.executable, os.path.join(KIT_DIR, "sweep.py"), "slurm-task", plan.grid.name,
-            "--root", root, "--tasks-file", tasks_file, *grids, *until]
+            "--root", root, "--tasks-file", tasks_file, *grids, *until, *plan.data_args]
     lines += [
         "",
         "# One task of the array: the runs on line SLURM_ARRAY_TASK_ID of the tasks file.",

@@ -4,8 +4,9 @@
 
 As in the paper: the best model of a copying run (trained at T = 100) is evaluated on 5,000
 fresh sequences of each delay T', generated with seed 555, with the same accuracy definition
-(the last 10 steps). Prints a table and writes transfer.json next to the model; each row
-records the test set it was measured on (--rng, seed, size).
+(the last 10 steps). Prints a table and adds it to transfer.json next to the model, which
+keeps every measurement, each with the test set it was measured on (--rng, seed, size; see
+runfolder.record_transfer).
 
 --rng authors (default) draws every delay's sequences as the authors' transfer_copy.py does in
 its own process per T' (numpy seeded with 555, one ``randint(8, size=10)`` per sequence), so
@@ -26,7 +27,7 @@ import torch
 from copying import NUM_CLASSES, TASK, evaluate
 from model import HDetachNet
 from numerics import add_numerics_flag, fingerprint, warn_in_process
-from runfolder import read_checkpoint, read_json, write_json
+from runfolder import now_iso, read_checkpoint, record_transfer
 from utils import (RNG_MODES, ArgParser, UsageError, authors_copying_symbols, copying_symbols,
                    positive_int, report_errors, resolve_device, seed_value)
 
@@ -79,14 +80,29 @@ def load_model(model_dir, device):
     return net.to(device), checkpoint, path, digest
 
 
+def describe_checkpoint(checkpoint, path):
+    """What the model is, in words: which file, trained at which T, at which epoch, and its
+    validation accuracy (best_model.pt stores it; last.pt has it in its history)."""
+    accuracy = checkpoint.get("accuracy")
+    history = checkpoint.get("history") or []
+    if accuracy is None and history:
+        accuracy = history[-1].get("valid/accuracy")
+    where = f"epoch {checkpoint.get('epoch')}"
+    if checkpoint.get("epoch_iteration"):
+        where += f" + {checkpoint['epoch_iteration']} iterations"
+    shown = "no validation yet" if accuracy is None else \
+        f"valid accuracy {accuracy:.2f}% at epoch {checkpoint.get('epoch')}"
+    return (f"model: {path} ({checkpoint.get('kind') or 'checkpoint'}, trained at "
+            f"T={checkpoint['config'].get('T')}, {where}, {shown})")
+
+
 def run(args):
     device = resolve_device(args.device)
     numerics = fingerprint(args.numerics, device)
     warn_in_process(numerics)
     net, checkpoint, path, digest = load_model(args.model_dir, device)
     trained_t = checkpoint["config"].get("T")
-    print(f"model: {path} (trained at T={trained_t}, epoch {checkpoint.get('epoch')}, "
-          f"valid accuracy {checkpoint.get('accuracy', float('nan')):.2f}%)")
+    print(describe_checkpoint(checkpoint, path))
     print(f"{'T':>6}  {'accuracy %':>10}  {'loss':>8}")
     rows = {}
     for delay in args.T:
@@ -96,22 +112,15 @@ def run(args):
         rows[delay] = {"T": delay, "accuracy": accuracy, "loss": loss, "rng": args.rng}
         print(f"{delay:>6}  {accuracy:>10.2f}  {loss:>8.4f}", flush=True)
     out = os.path.join(os.path.dirname(os.path.abspath(path)), "transfer.json")
-    # Results of earlier calls for other delays are kept, if they measured these same weights
-    # (a run still training replaces best_model.pt); those measured now are replaced.
-    previous = read_json(out) if os.path.exists(out) else {}
-    same_setup = (previous.get("checkpoint") == os.path.basename(path)
-                  and previous.get("checkpoint_sha256") == digest
-                  and previous.get("seed") == args.seed
-                  and previous.get("test_size") == args.test_size
-                  and all(row.get("rng", "kit") == args.rng  # rows before --rng: kit
-                          for row in previous.get("results", [])))
-    results = {row["T"]: row for row in previous.get("results", [])} if same_setup else {}
-    results.update(rows)
-    write_json(out, {"checkpoint": os.path.basename(path), "trained_T": trained_t,
-                     "checkpoint_sha256": digest,
-                     "checkpoint_epoch": checkpoint.get("epoch"), "seed": args.seed,
-                     "test_size": args.test_size, "numerics": numerics,
-                     "results": [results[delay] for delay in sorted(results)]})
+    # Every earlier measurement is kept: of another checkpoint (last.pt, an older best_model.pt
+    # of a run still training), another test-set size or seed. Rows for other delays of this
+    # same checkpoint and test set are merged with these.
+    record_transfer(out, {"checkpoint": os.path.basename(path), "trained_T": trained_t,
+                          "checkpoint_sha256": digest, "checkpoint_kind": checkpoint.get("kind"),
+                          "checkpoint_epoch": checkpoint.get("epoch"), "seed": args.seed,
+                          "test_size": args.test_size, "rng": args.rng,
+                          "measured": now_iso(), "numerics": numerics,
+                          "results": [rows[delay] for delay in sorted(rows)]})
     print(f"written: {out}")
     return 0
 

@@ -144,8 +144,9 @@ def add_run_flags(parser, seed, lr, epochs, anneal_p):
     parser.flag("--batch-size", type=positive_int, default=100, help="batch size (default 100)")
     parser.flag("--n-epochs", type=positive_int, default=epochs,
                 help=f"epochs (default {epochs})")
-    parser.flag("--anneal-p", type=int, default=anneal_p,
-                help="h-detach is off for epochs e > n_epochs - anneal_p, 0-based "
+    # A negative value would read as "anneal later than the end", which is 0: never off.
+    parser.flag("--anneal-p", type=non_negative_int, default=anneal_p,
+                help="h-detach is off for epochs e > n_epochs - anneal_p, 0-based; 0: never "
                      f"(default {anneal_p})")
     parser.flag("--device", choices=("auto", "cpu", "cuda"), default="auto",
                 help="auto: CUDA when present, else CPU")

@@ -3,6 +3,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,6 +208,100 @@ def test_transfer_ties_its_rows_to_the_weights_it_measured(tiny_run, tmp_path, m
     data = json.loads((folder / "transfer.json").read_text())
     assert data["checkpoint_epoch"] == 99 and [row["T"] for row in data["results"]] == [9]
     assert data["checkpoint_sha256"] == runfolder.file_sha256(str(folder / "best_model.pt"))
+
+
+def test_transfer_of_another_checkpoint_or_test_set_keeps_earlier_measurements(
+        tiny_run, tmp_path, capsys):
+    # Issue 19: measuring last.pt on 50 sequences replaced the run's measurement of
+    # best_model.pt, printed "valid accuracy nan%" and made the sweep call the transfer
+    # "not started". Every measurement is now kept, keyed by checkpoint and test set.
+    import grids
+    import sweep
+    root = tmp_path / "root"
+    folder = root / "copying" / "run"
+    shutil.copytree(tiny_run, folder)
+    if (folder / "transfer.json").exists():
+        os.remove(folder / "transfer.json")  # an earlier test's
+    model = grids.Run("copying/run", "copying.py", ())
+    run = grids.transfer_run(model, delays=(6, 9), test_size=30)
+    plan = sweep.Plan(grids.Grid("g", "", (model, run)), str(root))
+    plan.model_ready = lambda run: (True, "done")
+    assert transfer_copy.main(["--model-dir", str(folder), "--T", "6", "9", "--test-size",
+                               "30", "--device", "cpu"]) == 0
+    first = json.loads((folder / "transfer.json").read_text())
+    assert plan.transfer_state(run)[0] == "done"
+    capsys.readouterr()
+    assert transfer_copy.main(["--model-dir", str(folder / "last.pt"), "--T", "12",
+                               "--test-size", "50", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    last = torch.load(folder / "last.pt", weights_only=True)
+    assert "nan" not in out
+    assert f"valid accuracy {last['history'][-1]['valid/accuracy']:.2f}%" in out
+    data = json.loads((folder / "transfer.json").read_text())
+    kept = data["measurements"]
+    assert [(m["checkpoint"], m["test_size"]) for m in kept] == [
+        ("best_model.pt", 30), ("last.pt", 50)]
+    assert kept[0]["results"] == first["results"] and len(first["results"]) == 2
+    assert kept[1]["checkpoint_kind"] == "last" and [r["T"] for r in kept[1]["results"]] == [12]
+    assert plan.transfer_state(run)[0] == "done"  # last.pt's row is not the run's transfer
+    # Another seed of best_model.pt, then the first test set again at another delay: the
+    # latter merges into its own measurement, nothing else changes.
+    assert transfer_copy.main(["--model-dir", str(folder), "--T", "6", "--test-size", "30",
+                               "--seed", "1", "--device", "cpu"]) == 0
+    assert transfer_copy.main(["--model-dir", str(folder), "--T", "20", "--test-size", "30",
+                               "--device", "cpu"]) == 0
+    kept = json.loads((folder / "transfer.json").read_text())["measurements"]
+    assert [(m["checkpoint"], m["test_size"], m["seed"]) for m in kept] == [
+        ("last.pt", 50, 555), ("best_model.pt", 30, 1), ("best_model.pt", 30, 555)]
+    assert [r["T"] for r in kept[2]["results"]] == [6, 9, 20]
+    assert kept[2]["results"][:2] == first["results"]
+
+
+def test_transfer_reads_a_first_format_file_and_refuses_a_damaged_one(tiny_run, tmp_path,
+                                                                     capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "best_model.pt").write_bytes((tiny_run / "best_model.pt").read_bytes())
+    old = {"checkpoint": "last.pt", "checkpoint_sha256": "0" * 64, "checkpoint_epoch": 3,
+           "trained_T": 6, "seed": 555, "test_size": 5000,
+           "results": [{"T": 200, "accuracy": 50.0, "loss": 1.0}]}
+    (folder / "transfer.json").write_text(json.dumps(old))
+    assert transfer_copy.main(["--model-dir", str(folder), "--T", "6", "--test-size", "30",
+                               "--device", "cpu"]) == 0
+    kept = json.loads((folder / "transfer.json").read_text())["measurements"]
+    assert kept[0] == old and kept[1]["checkpoint"] == "best_model.pt"
+    (folder / "transfer.json").write_text("{not json")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        transfer_copy.main(["--model-dir", str(folder), "--T", "6", "--test-size", "30",
+                            "--device", "cpu"])
+    assert exc.value.code == 2 and "left as it is" in capsys.readouterr().err
+    assert (folder / "transfer.json").read_text() == "{not json"
+
+
+def test_valid_size_names_the_validation_set_and_results_hold_the_settings(tiny_run):
+    # Issue 19: copying's validation size was only --test-size (MNIST's is --valid-size), and
+    # its results.json lacked lr, clipping and sizes.
+    parser = copying.build_parser()
+    for flag in ("--valid-size", "--valid_size", "--test-size", "--test_size"):
+        assert parser.parse_args([flag, "7", "--save-dir", "x"]).test_size == 7
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert {key: results[key] for key in ("lstm_size", "lr", "clip", "batch_size", "n_epochs",
+                                          "anneal_p", "train_size", "valid_size")} == {
+        "lstm_size": 8, "lr": 1e-3, "clip": 1.0, "batch_size": 20, "n_epochs": 3,
+        "anneal_p": 2, "train_size": 60, "valid_size": 40}
+
+
+@pytest.mark.parametrize("argv, contains", [
+    (["--anneal-p", "-3"], "--anneal-p"),
+    (["--n_epochs", "1", "--until-epoch", "5"], "--until-epoch 5 is past the run's last epoch"),
+])
+def test_meaningless_anneal_p_and_until_epoch_are_refused(tmp_path, capsys, argv, contains):
+    # Issue 19: both were accepted without a word.
+    folder = tmp_path / "run"
+    expect_error(capsys, lambda: copying.main(TINY + argv + ["--save-dir", str(folder)]),
+                 contains=contains)
+    assert not folder.exists() or not os.listdir(folder)
 
 
 def test_same_seed_same_losses(tmp_path):

@@ -32,7 +32,7 @@ TINY = ["--no-download", "--lstm-size", "8", "--batch_size", "10"]
 RESULT_KEYS = {"best_valid_accuracy", "best_valid_loss", "best_epoch", "test_accuracy",
                "test_loss", "final_valid_accuracy", "final_epoch", "wall_time_s", "p_detach",
                "detach", "permute", "seed", "lstm_size", "lr", "train_size", "valid_size",
-               "test_size"}
+               "test_size", "clip", "batch_size", "n_epochs", "anneal_p"}
 EPOCH_TAGS = {"train/loss", "train/epoch_loss", "valid/loss", "valid/accuracy", "p_detach",
               "test/accuracy", "test/loss", "best/valid_accuracy", "best/test_accuracy"}
 
@@ -209,6 +209,7 @@ def test_gz_files_are_unpacked_and_read(tmp_path):
 
 
 def one_line_error(capsys, argv, code=2):
+    capsys.readouterr()  # what earlier calls printed (such as the data warning of a run)
     with pytest.raises(SystemExit) as exc:
         pixelmnist.main([str(a) for a in argv])
     assert exc.value.code == code
@@ -350,6 +351,64 @@ def test_loss_reads_the_last_step_only(recorded):
         assert logits.shape == every_step.shape[1:]
         torch.testing.assert_close(logits, every_step[-1])
         assert not torch.allclose(logits, every_step[-2])
+
+
+def test_a_run_says_whether_its_data_is_the_official_mnist(recorded, tmp_path, monkeypatch):
+    # Issue 19: runs on home-made MNIST-format files sat in the report's MNIST rows beside the
+    # paper's numbers. The run checks the files against torchvision's published checksums.
+    import hashlib
+    from torchvision.datasets import MNIST
+    save, _, _ = recorded
+    check = json.loads((save / "data.json").read_text())
+    assert check["mnist"] == "unverified" and "-ubyte.gz" in check["detail"]
+    raw = tmp_path / "MNIST" / "raw"
+    make_mnist(tmp_path, gz=True)
+    pixelmnist._unpack_placed_gz(str(raw))
+    assert pixelmnist.official_mnist(str(raw))[0] == "not official"  # other MD5s
+    # Were these the official .gz files (their MD5 what torchvision publishes), they pass...
+    monkeypatch.setattr(MNIST, "resources", [
+        (name, hashlib.md5((raw / name).read_bytes()).hexdigest())
+        for name, _ in MNIST.resources])
+    assert pixelmnist.official_mnist(str(raw))[0] == "official"
+    # ... unless the unpacked file torchvision reads is not their content.
+    data = bytearray((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    data[-1] = (data[-1] + 1) % 10
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(data))
+    status, detail = pixelmnist.official_mnist(str(raw))
+    assert status == "not official" and "t10k-labels-idx1-ubyte differs" in detail
+    # Without its .gz, that file cannot be checked at all.
+    os.remove(raw / "t10k-labels-idx1-ubyte.gz")
+    assert pixelmnist.official_mnist(str(raw))[0] == "unverified"
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    # Issue 19: a failed download left an empty ./MNIST/MNIST/raw tree behind.
+    from torchvision.datasets import MNIST
+
+    def offline(self):
+        os.makedirs(self.raw_folder, exist_ok=True)  # what torchvision does before fetching
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: no network")
+    monkeypatch.setattr(MNIST, "download", offline)
+    with pytest.raises(pixelmnist.UsageError, match="could not be downloaded"):
+        pixelmnist.load_mnist(str(tmp_path / "new" / "MNIST"), True)
+    assert not (tmp_path / "new" / "MNIST").exists() and (tmp_path / "new").exists() is False
+    # A folder that was there before stays, and so does anything in it.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(pixelmnist.UsageError):
+        pixelmnist.load_mnist(str(tmp_path / "mine"), True)
+    assert sorted(os.listdir(tmp_path / "mine")) == ["notes.txt"]
+
+
+def test_every_scripts_help_description_is_a_whole_sentence():
+    import copying
+    import report
+    import sweep
+    import transfer_copy
+    for module in (pixelmnist, copying, transfer_copy, report, sweep):
+        description = module.build_parser().description
+        assert description.endswith("."), (module.__name__, description)
+    assert pixelmnist.build_parser().description.endswith("faithful to the authors' script.")
 
 
 def test_run_folder_events_checkpoints_results(recorded):

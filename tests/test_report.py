@@ -5,6 +5,7 @@ their files; hand-made run folders cover what tiny runs cannot reach quickly (se
 the task, the best-validation-seed rule, damaged files, pixel MNIST settings).
 """
 import json
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -26,7 +27,8 @@ def copy_run(folder, *extra):
     assert copying.main(TINY + ["--save-dir", str(folder), *extra]) == 0
 
 
-def make_run(folder, task, argv, valid, test=None, finished=True, state="paused", edit=None):
+def make_run(folder, task, argv, valid, test=None, finished=True, state="paused", edit=None,
+             data="official"):
     """A hand-made run folder: config.json from the script's own parser, metrics.csv from the
     given validation (and test) accuracies, results.json by the script's rules when finished,
     otherwise a stand-in last.pt and state.json (status() calls a run paused only when it has a
@@ -38,6 +40,9 @@ def make_run(folder, task, argv, valid, test=None, finished=True, state="paused"
     if edit:
         edit(args)
     runfolder.write_json(folder / "config.json", {"task": task, "args": args, "device": "cpu"})
+    if task == "pixelmnist" and data is not None:
+        # What pixelmnist.py's check of the files said (a stand-in for a run on MNIST).
+        runfolder.write_json(folder / "data.json", {"mnist": data})
     history = []
     for i, accuracy in enumerate(valid):
         record = {"epoch": i + 1, "p_detach": 0.0, "train/epoch_loss": 1.0, "valid/loss": 1.0,
@@ -159,7 +164,7 @@ def test_unfinished_runs_are_labelled_as_such(real_report):
     assert not paused["final"]
     assert "paused, 1/3" in text
     line = next(line for line in text.splitlines() if "| 3 | paused, 1/3 |" in line)
-    assert "(so far)" in line and "not reached (1 epochs so far)" in line
+    assert "(so far)" in line and "not reached (1 epoch so far)" in line
     done = next(line for line in text.splitlines() if "| 1 | done, 3/3 |" in line)
     assert "(so far)" not in done and "not reached |" in done
 
@@ -186,6 +191,36 @@ def test_out_defaults_to_root_and_nothing_else_is_touched(real_root, tmp_path):
     assert {p.name for p in new} == {"report.md", "report.json", "valid_accuracy.png",
                                      "transfer.png"} and all(p.parent == root for p in new)
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in before.items())
+
+
+def test_the_report_shows_the_protocols_transfer_and_names_every_measurements_source(
+        real_root, tmp_path):
+    # Issue 19: a later measurement of last.pt on 50 sequences took the place of the run's
+    # best-model measurement in the report, without saying where it came from.
+    root = tmp_path / "root"
+    shutil.copytree(real_root / "copying" / "T6_p0.5_s1", root / "run")
+    os.remove(root / "run" / "transfer.json")
+    model = str(root / "run")
+    assert transfer_copy.main(["--model-dir", model, "--T", "8", "--device", "cpu"]) == 0
+    protocol = json.loads((root / "run" / "transfer.json").read_text())["results"]
+    assert transfer_copy.main(["--model-dir", str(root / "run" / "last.pt"), "--T", "8", "12",
+                               "--test-size", "20", "--device", "cpu"]) == 0
+    data, text = run_report(root, tmp_path / "out")
+    shown = by_path(data)["run"]["transfer"]
+    assert (shown["checkpoint"], shown["test_size"], shown["seed"]) == ("best_model.pt", 5000, 555)
+    assert shown["protocol"] and shown["accuracy"] == {"8": protocol[0]["accuracy"]}
+    assert [(o["checkpoint"], o["test_size"]) for o in shown["others"]] == [("last.pt", 20)]
+    row = next(line for line in text.splitlines() if "(ours) | 1 |" in line)
+    assert "best_model.pt of epoch" in row and "5,000 sequences, seed 555" in row
+    assert "also measured (not in the table): last.pt of epoch" in text
+    assert "20 sequences, seed 555 (not the protocol's" in text
+    # With only a measurement of last.pt, that one is shown, and says what it is.
+    os.remove(root / "run" / "transfer.json")
+    assert transfer_copy.main(["--model-dir", str(root / "run" / "last.pt"), "--T", "8",
+                               "--test-size", "20", "--device", "cpu"]) == 0
+    data, text = run_report(root, tmp_path / "out2")
+    row = next(line for line in text.splitlines() if "(ours) | 1 |" in line)
+    assert "last.pt of epoch 3; 20 sequences, seed 555 (not the protocol's" in row
 
 
 def test_a_transfer_of_a_model_that_changed_since_is_marked_out_of_date(real_root, tmp_path):
@@ -258,6 +293,92 @@ def test_copying_first_epoch_at_99_and_the_copying_best_rule(tmp_path):
     assert setting["summary"]["first_epoch_solved"] == {"3": 2, "4": None}
     row = next(line for line in text.splitlines() if line.startswith("| copying T=100 | vanilla"))
     assert "1 of 2" in row and "| 2 |" in row and "paper: ~100 % for most seeds" in row
+
+
+def test_folders_of_one_seed_count_as_one_sample_and_are_named(tmp_path):
+    # Issue 19: three folders of seed 3 read "mean 0.00 ± 0.00 (n = 3)" and "0 of 3 seeds".
+    root = tmp_path / "runs"
+    for name in ("a", "b", "c"):
+        make_run(root / name, "copying", ["--T", "100", "--seed", "3"], [10, 12][:2],
+                 finished=False)
+    make_run(root / "d", "copying", ["--T", "100", "--seed", "3"], [10, 20, 30])  # finished
+    make_run(root / "e", "copying", ["--T", "100", "--seed", "4"], [50, 99.5])
+    data, text = run_report(root, tmp_path / "out")
+    [setting] = data["settings"]
+    # The finished folder is seed 3's sample; the three others are named repeats.
+    assert setting["runs"] == ["d", "e"] and setting["repeats"] == ["a", "b", "c"]
+    summary = setting["summary"]
+    assert summary["seeds"] == [3, 4] and summary["best_valid_accuracy"]["n"] == 2
+    assert summary["best_valid_accuracy"]["mean"] == pytest.approx((30 + 99.5) / 2)
+    row = next(line for line in text.splitlines() if line.startswith("| copying T=100 | vanilla"))
+    assert "1 of 2" in row and "(n = 2)" in row
+    assert "repeats of a seed: a = seed 3, b = seed 3, c = seed 3" in row
+    assert "| 3 (repeat of d: not counted) |" in text
+    runs_table = [line for line in text.splitlines() if line.startswith("| a | ")]
+    assert runs_table and "repeats seed 3 of d: not counted" in runs_table[0]
+
+
+def test_mnist_runs_on_data_that_is_not_the_official_mnist_stand_apart(tmp_path):
+    # Issue 19: runs on home-made MNIST-format files sat in the "MNIST" rows beside the paper.
+    root = tmp_path / "runs"
+    mnist = []  # the paper's protocol
+    for name, seed, status in (("real", 1, "official"), ("home", 2, "unverified"),
+                               ("fake", 3, "not official"), ("old", 4, None)):
+        make_run(root / name, "pixelmnist", mnist + ["--seed", str(seed)], [90, 91], [89, 90],
+                 data=status)
+    data, text = run_report(root, tmp_path / "out")
+    runs = by_path(data)
+    assert runs["real"]["experiment"] == "MNIST"
+    assert runs["home"]["experiment"] == runs["old"]["experiment"] == \
+        "MNIST [data not verified as the official MNIST]"
+    assert runs["fake"]["experiment"] == "MNIST [not the official MNIST files]"
+    settings = {s["experiment"]: s for s in data["settings"]}
+    assert settings["MNIST"]["runs"] == ["real"] and settings["MNIST"]["protocol"]
+    assert not settings["MNIST [not the official MNIST files]"]["protocol"]
+    lines = text.splitlines()
+    [beside_paper] = [line for line in lines if line.startswith("| MNIST | vanilla |")]
+    assert "| 98.6 |" in beside_paper and "seed 1" in beside_paper
+    for marked in ("| MNIST [data not verified as the official MNIST] | vanilla | — |",
+                   "| MNIST [not the official MNIST files] | vanilla | — |"):
+        assert any(line.startswith(marked) for line in lines), marked
+
+
+def test_the_generated_files_are_the_same_from_any_checkout(real_root, tmp_path, monkeypatch):
+    # Issue 19: report.json held the absolute path of the clone it was made in.
+    made = []
+    for clone in ("one", "elsewhere/two"):
+        shutil.copytree(real_root, tmp_path / clone / "results")
+        monkeypatch.chdir(tmp_path / clone)
+        assert report.main(["results"]) == 0
+        made.append({name: (tmp_path / clone / "results" / name).read_bytes()
+                     for name in ("report.md", "report.json")})
+    assert made[0] == made[1]
+    assert json.loads(made[0]["report.json"])["root"] == "results"
+
+
+def test_one_epoch_is_one_epoch(tmp_path):
+    # Issue 19: "not reached (1 epochs so far)".
+    root = tmp_path / "runs"
+    make_run(root / "a", "copying", ["--T", "100", "--seed", "3"], [50], finished=False)
+    _, text = run_report(root, tmp_path / "out")
+    assert "not reached (1 epoch so far)" in text and "1 epochs" not in text
+
+
+def test_tensorboard_events_are_rebuilt_from_metrics_csv(real_root, tmp_path, capsys):
+    # Issue 19: results/ commits no event files, so "tensorboard --logdir results" showed nothing.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    board = tmp_path / "board"
+    run_report(real_root, tmp_path / "out", "--tensorboard", board)
+    for path in ("copying/T6_p0.5_s1", "copying/T6_p0.5_s3"):
+        rows = runfolder.read_metrics(real_root / path / "metrics.csv")
+        events = EventAccumulator(str(board / path))
+        events.Reload()
+        for tag, column in (("valid/accuracy", "valid_accuracy"),
+                            ("train/epoch_loss", "train_loss")):
+            assert [(e.step, e.value) for e in events.Scalars(tag)] == [
+                (row["epoch"], pytest.approx(row[column])) for row in rows]
+    # A folder that already holds something is refused (its events would mix with ours).
+    one_line_error(capsys, [real_root, "--out", tmp_path / "out", "--tensorboard", board])
 
 
 def test_settings_are_kept_apart_and_labelled(tmp_path):

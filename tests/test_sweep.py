@@ -113,8 +113,8 @@ def test_every_grid_command_parses_with_its_script(tmp_path):
 
 
 def test_smoke_and_campaign_settings():
-    smoke = grids.get_grid("smoke")
-    for run in smoke.runs:
+    smoke = grids.get_grid("smoke").runs + grids.get_grid("smoke-learns").runs
+    for run in smoke:
         if run.is_transfer:
             continue
         args = copying.build_parser().parse_args([*run.args, "--save-dir", "x"])
@@ -135,18 +135,22 @@ def test_smoke_and_campaign_settings():
 
 def test_list_prints_one_command_per_unfinished_run(smoke_root, tmp_path, capsys):
     assert run_sweep("list", "smoke", "--root", tmp_path / "new") == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 6 and not (tmp_path / "new").exists()  # nothing run or made
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    # The three training runs; their transfers wait for the models (named on stderr only).
+    assert len(lines) == 3 and not (tmp_path / "new").exists()  # nothing run or made
+    assert captured.err.count("# not listed: ") == 3
     first = shlex.split(lines[0])
     assert first[:2] == ["python", os.path.relpath(ROOT / "copying.py")]
     assert first[-2:] == ["--save-dir", str(tmp_path / "new" / SMOKE_MODELS[0])]
-    assert shlex.split(lines[3])[2:4] == ["--model-dir", str(tmp_path / "new" / SMOKE_MODELS[0])]
     # Done runs are left out; --all lists them.
     assert run_sweep("list", "smoke", "--root", smoke_root) == 0
     captured = capsys.readouterr()
     assert captured.out == "" and "6 run(s) done" in captured.err
     assert run_sweep("list", "smoke", "--root", smoke_root, "--all") == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 6
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 6
+    assert shlex.split(lines[3])[4:6] == ["--model-dir", str(smoke_root / SMOKE_MODELS[0])]
 
 
 def test_status_of_a_finished_grid(smoke_root, capsys):
@@ -183,8 +187,10 @@ def test_status_paused_then_continued(grid_file, tmp_path, capsys):
     assert data["checkpoint_epoch"] == best["epoch"] <= 2
     # Without --until-epoch the run continues to the end; its transfer is measured again when
     # its best_model.pt changed, and only then.
+    older = "of an older best_model.pt"
     (root / model / "transfer.json").write_text(json.dumps(dict(
-        data, checkpoint_sha256="of an older best_model.pt")))
+        data, checkpoint_sha256=older,
+        measurements=[dict(m, checkpoint_sha256=older) for m in data["measurements"]])))
     assert run_sweep("run", "pair", *pair) == 0
     out = capsys.readouterr().out
     assert f"resume  {model}" in out and f"start  {model}:transfer" in out
@@ -279,7 +285,7 @@ def test_time_limit_then_sigint_then_finish_is_exact(smoke_root, tmp_path, capsy
 
 
 GRID_FILE = '''
-from grids import Grid, copying_run, transfer_run
+from grids import Grid, copying_run, mnist_run, transfer_run
 
 TINY = dict(train_size=60, test_size=40, batch_size=20, lstm_size=8, n_epochs=2, anneal_p=1,
             device="cpu")
@@ -303,7 +309,11 @@ def slow():
                 (model, transfer_run(model, delays=(40,), test_size=40)))
 
 
-GRIDS = {"failing": failing, "pair": pair, "slow": slow}
+def mnist():
+    return Grid("mnist", "an MNIST run", (mnist_run("m", 0.25, 1, n_epochs=1),))
+
+
+GRIDS = {"failing": failing, "pair": pair, "slow": slow, "mnist": mnist}
 '''
 
 
@@ -478,3 +488,73 @@ def _alive(pid):
         except ProcessLookupError:
             return False
         return True
+
+
+def test_list_leaves_out_transfers_whose_model_is_not_ready(grid_file, tmp_path, capsys):
+    # Issue 19: "sweep.py list | xargs -P 6" started the transfers before their models existed.
+    root = tmp_path / "runs"
+    assert run_sweep("list", "pair", "--root", root, "--grids", grid_file) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 1 and "copying.py" in lines[0] and "transfer_copy" not in captured.out
+    assert "# not listed: c/T6_p0.5_s5:transfer" in captured.err and "list again" in captured.err
+    # Once the model is done, the transfer is listed (and the model no longer).
+    assert copying.main(shlex.split(lines[0])[2:]) == 0
+    capsys.readouterr()
+    assert run_sweep("list", "pair", "--root", root, "--grids", grid_file) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "transfer_copy.py" in lines[0]
+
+
+def test_mnist_runs_get_the_sweeps_data_flags(grid_file, tmp_path, capsys, monkeypatch):
+    # Issue 19: a sweep could not point MNIST runs at their data.
+    monkeypatch.chdir(tmp_path)
+    assert run_sweep("list", "mnist", "--root", "runs", "--grids", grid_file, "--data-dir",
+                     "data", "--no-download") == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.endswith(f"--data-dir {tmp_path / 'data'} --no-download"), line
+    assert run_sweep("list", "pair", "--root", "runs", "--grids", grid_file, "--data-dir",
+                     "data") == 0
+    assert "--data-dir" not in capsys.readouterr().out  # copying runs take no data flags
+    assert run_sweep("slurm", "mnist", "--root", "runs", "--grids", grid_file, "--data-dir",
+                     "data", "--no-download", "--dry-run") == 0
+    script = capsys.readouterr().out
+    assert f"--data-dir {tmp_path / 'data'} --no-download --index" in script
+    args = sweep.build_parser().parse_args(["slurm-task", "mnist", "--root", "r", "--tasks-file",
+                                            "t", "--index", "0", "--data-dir", "/d",
+                                            "--no-download"])
+    assert sweep.data_args(args) == ["--data-dir", "/d", "--no-download"]
+
+
+def test_the_continue_line_repeats_every_flag_and_says_what_was_not_saved(
+        grid_file, tmp_path, capsys, monkeypatch):
+    # Issue 19: the "Continue with" line dropped --threads; the sweep said "every run saved its
+    # state" even when a run stopped before its first checkpoint.
+    def stopped_early(self):
+        self.stop_reason = "time limit"
+        self.stopped, self.unsaved = ["m/p0.25_s1"], ["m/p0.25_s1"]
+    monkeypatch.setattr(sweep.LocalSweep, "go", stopped_early)
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "mnist", "--root", "runs", "--grids", str(grid_file), "--jobs", "2",
+            "--threads", "1", "--until-epoch", "3", "--time-limit", "2h30m", "--retry-failed",
+            "--data-dir", str(tmp_path / "data"), "--no-download"]
+    assert run_sweep(*argv) == 0
+    out = capsys.readouterr().out
+    again = out.split("Continue with:\n")[1].splitlines()[0].split()
+    assert again[:3] == ["python", "sweep.py", "run"]
+    given, repeated = sweep.build_parser().parse_args(argv), \
+        sweep.build_parser().parse_args(again[2:])
+    assert vars(given) == vars(repeated)
+    assert "every run saved its state" not in out
+    assert "0 run(s) saved their state; 1 stopped before their first checkpoint and will " \
+           "start again: m/p0.25_s1" in out
+
+
+def test_until_epoch_past_a_runs_end_is_not_passed_to_it(tmp_path):
+    # The scripts refuse --until-epoch past --n-epochs: a sweep's stage then means "to the end".
+    plan = sweep.Plan(grids.get_grid("smoke"), str(tmp_path), until_epoch=10)
+    commands = [plan.command(run, "start") for run in plan.grid.runs if not run.is_transfer]
+    assert commands and all("--until-epoch" not in command for command in commands)
+    plan = sweep.Plan(grids.get_grid("smoke"), str(tmp_path), until_epoch=2)
+    assert all(plan.command(run, "start")[-2:] == ["--until-epoch", "2"]
+               for run in plan.grid.runs if not run.is_transfer)

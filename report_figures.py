@@ -1,0 +1,234 @@
+"""The report's figures (PNG through matplotlib's Agg backend: no display needed)."""
+import math
+import textwrap
+
+from report_markdown import runs_text, test_set_text, transfer_delays, transfer_groups
+from report_refs import AUTHORS, PAPER, REPRO, references
+from report_runs import SOLVED, completeness, experiment_order, setting_order
+from runfolder import atomic_write
+
+
+# ----------------------------------------------------------------------------- figures
+
+CANONICAL_COLOURS = {"vanilla": "black", "h-detach p=0.25": "tab:blue",
+                     "h-detach p=0.5": "tab:orange", "c-detach p=0.25": "tab:red",
+                     "c-detach p=0.5": "tab:purple"}
+PALETTE = ("tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray",
+           "tab:purple", "tab:red", "tab:orange", "tab:blue")
+
+
+# Flat reference lines: the line style tells the source.
+SOURCE_STYLES = {PAPER: ":", AUTHORS: "-.", REPRO: "--"}
+# Reference points: the marker tells the source (filled: reached ~100 %; open: a reading).
+SOURCE_MARKERS = {PAPER: "*", AUTHORS: "s", REPRO: "D"}
+
+
+def colours_for(labels, bases):
+    """A colour per setting label: the base setting's usual colour (vanilla black, p = 0.25
+    blue, ...) for the first of its settings in the panel, the next free one otherwise."""
+    colours, used = {}, set()
+    for label, base in zip(labels, bases):
+        colour = CANONICAL_COLOURS.get(base)
+        if colour is None or colour in used:
+            colour = next((c for c in PALETTE if c not in used), "tab:gray")
+        colours[label] = colour
+        used.add(colour)
+    return colours
+
+
+def save_png(fig, path):
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+
+
+# "Reached ~100 % at epoch E" references are drawn in a strip above the 100 % line, where no
+# curve can hide them (on the line they sat on top of every solved run's curve).
+SOLVED_MARK_Y = 106
+LEGEND_FONT = 9
+LEGEND_WIDTH = 90  # characters of a legend line at LEGEND_FONT under a 7.5-inch panel
+
+
+def curves_figure(settings, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    experiments = sorted({s["experiment"] for s in settings}, key=experiment_order)
+    # One panel per experiment; an experiment with reported test accuracies (MNIST) gets a
+    # second panel beside it that zooms on them (an inset covered part of its panel).
+    panels = []
+    for experiment in experiments:
+        present = [s for s in settings if s["experiment"] == experiment]
+        zoom = zoom_range(experiment, present)
+        if zoom and len(panels) % 2:
+            panels.append(None)  # a panel and its zoom share a row: left, then right
+        panels.append((experiment, None))
+        if zoom:
+            panels.append((experiment, zoom))
+    cols = 1 if len(panels) == 1 else 2
+    rows = math.ceil(len(panels) / cols)
+    # Legends go under their panel (they would hide the curves): room for the longest.
+    entries = max(legend_size(settings, experiment) for experiment in experiments)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, (4.4 + 0.2 * entries) * rows),
+                             squeeze=False, layout="constrained")
+    for ax, panel in zip(axes.flat, panels + [None] * (rows * cols - len(panels))):
+        if panel is None:
+            ax.set_visible(False)
+            continue
+        experiment, zoom = panel
+        present = [s for s in settings if s["experiment"] == experiment]
+        colours = colours_for([s["label"] for s in present], [s["base"] for s in present])
+        right = 1
+        for setting in present:
+            colour = colours[setting["label"]]
+            runs = setting["runs"]
+            for i, run in enumerate(runs):
+                if not run["curve"]:
+                    continue
+                epochs, accuracy = zip(*run["curve"])
+                ax.plot(epochs, accuracy, color=colour, lw=1.2, alpha=0.85,
+                        label=wrap(f"{setting['label']}: {runs_text(runs)}") if i == 0
+                        else None)
+                if not run["final"]:
+                    # An open circle where an unfinished run stands now.
+                    ax.plot(epochs[-1], accuracy[-1], "o", mfc="white", color=colour, ms=5)
+                right = max(right, epochs[-1])
+            if not any(run["curve"] for run in runs):
+                ax.plot([], [], color=colour, label=f"{setting['label']}: no epoch yet")
+        if experiment.startswith("copying"):
+            ax.axhline(SOLVED, color="0.35", ls=(0, (1, 2)), lw=0.9,
+                       label=f"{SOLVED:g} % (the report's 'reached' threshold)")
+        right = draw_references(ax, experiment, present, colours, right, labels=zoom is None)
+        ax.set_xlim(0, right * 1.04 + 1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+        if zoom:
+            # The reported test accuracies lie within a point of each other: a zoom shows them.
+            ax.set_ylim(*zoom)
+            ax.set_title(f"{experiment}: zoom on the reported test accuracies")
+            continue
+        ax.set_ylim(0, SOLVED_MARK_Y + 4)
+        ax.set_yticks(range(0, 101, 20))
+        ax.set_title(f"{experiment}: validation accuracy by epoch")
+        ax.legend(fontsize=LEGEND_FONT, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                  frameon=False)
+    fig.suptitle(textwrap.fill("Lines: our runs, coloured by setting (open circle: where a run "
+                               "that has not finished stands). Markers and flat lines: the "
+                               "references; markers above 100 %: where a reference reached "
+                               "~100 %", 100 * cols), fontsize=10)
+    save_png(fig, path)
+    plt.close(fig)
+
+
+def wrap(label):
+    """A legend entry on lines that fit under a panel (a long setting label ran off the
+    figure's sides)."""
+    return textwrap.fill(label, LEGEND_WIDTH, subsequent_indent="  ")
+
+
+def legend_size(settings, experiment):
+    return (sum(s["experiment"] == experiment for s in settings) + experiment.startswith("copying")
+            + sum(ref.value is not None for ref in references(experiment)))
+
+
+def zoom_range(experiment, present):
+    """The accuracy range of an inset for the reported test accuracies (None: no inset)."""
+    values = [ref.value for ref in references(experiment, kind="test_accuracy")]
+    if not values:
+        return None
+    tops = [accuracy for s in present for run in s["runs"] for _, accuracy in run["curve"]]
+    low = min(values) - 2
+    high = max(values + tops) + 0.5 if tops else max(values) + 1
+    return low, min(high, 100.5)
+
+
+def draw_references(ax, experiment, present, colours, right, labels=True):
+    """The references of an experiment: reported test accuracies, bests and upper bounds as
+    flat lines (style by source), curve readings as open markers, 'reached ~100 % at' as
+    filled markers with the epoch range (marker by source)."""
+    by_base = {s["base"]: colours[s["label"]] for s in present if s["protocol"]}
+    used = set(colours.values())
+    for ref in references(experiment):
+        if ref.value is None:
+            continue
+        colour = by_base.get(ref.setting)
+        if colour is None:
+            # A setting no run of ours has: its usual colour if free, grey otherwise.
+            usual = CANONICAL_COLOURS.get(ref.setting)
+            colour = usual if usual and usual not in used else "tab:gray"
+        label = f"{ref.source}: {ref.setting or experiment} {ref.text}" if labels else None
+        if ref.kind in ("test_accuracy", "valid_max") and ref.at is None:
+            style = SOURCE_STYLES[ref.source]
+            if ref.kind == "test_accuracy" and labels:
+                label = f"{ref.source}: {ref.setting} test acc. {ref.text}"
+            ax.axhline(ref.value, color=colour, ls=style, lw=1, alpha=0.8, label=label)
+        elif ref.kind == "valid_max":
+            ax.plot([0, ref.at], [ref.value, ref.value], color=colour, ls=SOURCE_STYLES[ref.source],
+                    lw=1,
+                    label=label)
+            right = max(right, ref.at)
+        elif ref.kind == "valid_at":
+            ax.plot(ref.at, ref.value, SOURCE_MARKERS[ref.source], color=colour, mfc="none",
+                    ms=7, mew=1.5, label=label)
+            right = max(right, ref.at)
+        elif ref.kind == "solved_at":
+            low, high = ref.at if isinstance(ref.at, tuple) else (ref.at, ref.at)
+            ax.errorbar((low + high) / 2, SOLVED_MARK_Y, xerr=(high - low) / 2 or None,
+                        fmt=SOURCE_MARKERS[ref.source],
+                        color=colour, ms=9, mec="black", mew=0.5, capsize=3, label=label)
+            right = max(right, high)
+    return right
+
+
+def transfer_figure(runs, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    groups = {t: m for t, m in transfer_groups(runs).items() if m}
+    # The legend goes under the panel: room for one line per run and paper row.
+    entries = max(len(m) + (3 if t == 100 else 0) for t, m in groups.items())
+    fig, axes = plt.subplots(1, len(groups), figsize=(7.5 * len(groups), 4.4 + 0.2 * entries),
+                             squeeze=False, layout="constrained")
+    for ax, (trained, members) in zip(axes.flat, groups.items()):
+        labels = list(dict.fromkeys(run["setting"] for run in sorted(members,
+                                                                     key=setting_order)))
+        bases = [next(r["base"] for r in members if r["setting"] == label) for label in labels]
+        paper_bases = ["vanilla", "h-detach p=0.5", "h-detach p=0.25"] if trained == 100 else []
+        colours = colours_for(labels, bases)
+        protocol = {r["base"]: colours[r["setting"]] for r in members
+                    if r["setting"] == r["base"]}
+        for base in paper_bases:
+            refs = references("transfer T=100", base, "transfer")
+            colour = protocol.get(base, CANONICAL_COLOURS.get(base, "tab:gray"))
+            ax.plot([r.at for r in refs], [r.value for r in refs], "s--", color=colour,
+                    alpha=0.6, lw=1, ms=4, label=f"paper: {base}")
+        test_sets = {test_set_text(run["transfer"]) for run in members}
+        for run in sorted(members, key=lambda r: (setting_order(r), r["seed"] or 0)):
+            transfer = run["transfer"]
+            delays = [int(d) for d in transfer["accuracy"]]
+            note = "" if run["final"] else f"; run {completeness(run)}"
+            stale = "" if transfer["current"] else ", out of date"
+            # The test set is in the title when every run shares it, else in each label.
+            test_set = "" if len(test_sets) == 1 else f"; {test_set_text(transfer)}"
+            ax.plot(delays, list(transfer["accuracy"].values()), "o-",
+                    color=colours[run["setting"]], lw=1.6,
+                    label=wrap(f"ours: {run['setting']}, seed {run['seed']} "
+                               f"({transfer['checkpoint']} of epoch "
+                               f"{transfer['checkpoint_epoch']}{note}{stale}{test_set})"))
+        ax.set_xscale("log")
+        delays = transfer_delays(trained, members)
+        ax.set_xticks(delays)
+        ax.set_xticklabels([str(d) for d in delays])
+        ax.minorticks_off()
+        ax.set_ylim(0, 102)
+        ax.set_xlabel("delay T' at test (time steps, log scale)")
+        ax.set_ylabel("accuracy on the last 10 steps (%)")
+        ax.set_title(f"Transfer copying: trained at T = {trained}, tested at T'"
+                     + (f" on {next(iter(test_sets))}" if len(test_sets) == 1 else
+                        " (test sets: see the legend)"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=LEGEND_FONT, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                  frameon=False)
+    save_png(fig, path)
+    plt.close(fig)

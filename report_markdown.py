@@ -1,0 +1,345 @@
+"""The report's markdown: its tables and sections, and the README block it regenerates."""
+import os
+
+from report_refs import MAIN_EXPERIMENTS, PAPER, REFERENCE, SOURCES, TRANSFER_T, references, \
+    reference_settings
+from report_runs import SOLVED, completeness, experiment_order, is_ablation, setting_order
+from runfolder import atomic_write
+from utils import UsageError
+
+BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
+
+
+# ----------------------------------------------------------------------------- markdown
+
+def pct(value):
+    return "—" if value is None else f"{value:.2f}"
+
+
+def stat_text(stat):
+    if stat["n"] == 0:
+        return "—"
+    if stat["n"] == 1:
+        return f"{stat['mean']:.2f} (n = 1)"
+    return f"{stat['mean']:.2f} ± {stat['sd']:.2f} (n = {stat['n']})"
+
+
+def runs_text(runs):
+    """Which seeds the numbers come from and how complete each run is."""
+    if len(runs) > 4:
+        unfinished = [run for run in runs if not run["final"]]
+        if not unfinished:
+            return f"{len(runs)} runs, all done"
+        least = min(unfinished, key=lambda run: run["epochs"])
+        return (f"{len(runs)} runs, {len(runs) - len(unfinished)} done; least complete: seed "
+                f"{least['seed']}: {completeness(least)}")
+    return "; ".join(f"seed {run['seed']}: {completeness(run)}" for run in runs)
+
+
+def repeats_text(setting):
+    """The folders that repeat a seed of the setting: named, not counted as more seeds."""
+    repeats = setting.get("repeats") or []
+    if not repeats:
+        return ""
+    return (f" (not counted, repeats of a seed: "
+            + ", ".join(f"{run['path']} = seed {run['seed']}" for run in repeats) + ")")
+
+
+def ref_texts(experiment, setting):
+    """Every reference of a setting, if it is the paper's protocol (else they do not apply)."""
+    if not setting["protocol"]:
+        return "—"
+    return "; ".join(f"{ref.source}: {ref.text}"
+                     for ref in references(experiment, setting["base"])) or "—"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |"
+              for row in rows]
+    return lines
+
+
+def other_refs(experiment, base, curves):
+    """The references of a setting other than the paper's reported number (which has its own
+    column); the curve readings only where ``curves`` (the figure shows them anyway)."""
+    texts = [f"{ref.source}: {ref.text}" for ref in references(experiment, base)
+             if not (ref.source == PAPER and ref.kind == "test_accuracy")
+             and (curves or ref.kind != "valid_at")]
+    return "; ".join(texts) or "—"
+
+
+def mnist_section(settings, experiments):
+    rows = []
+    for experiment in experiments:
+        present = [s for s in settings if s["experiment"] == experiment]
+        ablation = is_ablation(experiment)
+        for setting in present:
+            summary = setting["summary"]
+            chosen = next((run for run in setting["runs"]
+                           if run["path"] == summary["best_valid_run"]), None)
+            paper = references(experiment, setting["base"], "test_accuracy", PAPER)
+            # The paper's numbers stand beside a setting only if it is the paper's protocol.
+            paper_text = paper[0].text if paper and setting["protocol"] else "—"
+            others = other_refs(experiment, setting["base"], ablation) \
+                if setting["protocol"] else "—"
+            unfinished = summary["n_runs"] - summary["n_done"]
+            if chosen is None:
+                ours, chosen_text = "no epoch yet", ""
+            else:
+                ours = pct(chosen["test_accuracy"])
+                if not chosen["final"]:
+                    ours += " (not final)"
+                elif unfinished:
+                    # The run is done, but a seed still training may yet beat it.
+                    ours += (f" (seed choice not final: {unfinished} of {summary['n_runs']} "
+                             "runs unfinished)")
+                chosen_text = (f"seed {chosen['seed']}: {pct(chosen['best_valid_accuracy'])} "
+                               f"at epoch {chosen['best_epoch']} ({completeness(chosen)})")
+            spread = stat_text(summary["test_accuracy"])
+            rows.append([experiment, setting["label"], paper_text, ours, chosen_text,
+                         spread + (" (so far)" if unfinished and spread != "—" else ""),
+                         runs_text(setting["runs"]) + repeats_text(setting),
+                         others])
+        # The paper's settings that no run has measured yet keep their row.
+        for base in reference_settings(experiment):
+            if any(s["base"] == base and s["protocol"] for s in present):
+                continue
+            paper = references(experiment, base, "test_accuracy", PAPER)
+            rows.append([experiment, base, paper[0].text if paper else "—", "not measured",
+                         "", "", "", other_refs(experiment, base, ablation)])
+    if not rows:
+        return []
+    lines = table(["task", "setting", "paper", "ours: test acc. (%) of the best-valid seed",
+                   "that seed: best valid acc. (%), its epoch (run)",
+                   "test acc. mean ± sd over seeds", "runs (epochs done / planned)",
+                   "other references"], rows)
+    notes = [f"- {experiment}, {ref.source}: {ref.text}" for experiment in experiments
+             for ref in references(experiment, None)]
+    return lines + ([""] + notes if notes else [])
+
+
+def solved_text(run):
+    if run["first_epoch_solved"] is not None:
+        return f"epoch {run['first_epoch_solved']}"
+    return "not reached" + ("" if run["final"] else f" ({epochs_text(run['epochs'])} so far)")
+
+
+def epochs_text(count):
+    """'1 epoch', '2 epochs'."""
+    return f"{count} epoch" + ("" if count == 1 else "s")
+
+
+def copying_section(settings, experiments):
+    """Per setting (with the references beside it), then per run."""
+    rows, per_run = [], []
+    for experiment in experiments:
+        present = [s for s in settings if s["experiment"] == experiment]
+        for setting in present:
+            summary = setting["summary"]
+            runs = setting["runs"]
+            later = "" if summary["all_final"] else " (so far)"
+            if summary["best_valid_accuracy"]["n"] == 0:
+                best = "no epoch yet"
+            elif len(runs) == 1:
+                best = f"{pct(runs[0]['best_valid_accuracy'])}{later}"
+            else:
+                best = f"mean {stat_text(summary['best_valid_accuracy'])}{later}"
+            first = [run["first_epoch_solved"] for run in runs
+                     if run["first_epoch_solved"] is not None]
+            rows.append([experiment, setting["label"], runs_text(runs) + repeats_text(setting),
+                         best,
+                         f"{summary['solved']} of {len(runs)}{later}",
+                         ", ".join(map(str, sorted(first))) or "—",
+                         ref_texts(experiment, setting)])
+            for run in runs:
+                per_run.append([experiment, setting["label"], run["seed"], completeness(run),
+                                pct(run["best_valid_accuracy"]) + ("" if run["final"] else
+                                                                   " (so far)"),
+                                run["best_epoch"] if run["best_epoch"] is not None else "—",
+                                solved_text(run)])
+            for run in setting["repeats"]:
+                per_run.append([experiment, setting["label"],
+                                f"{run['seed']} (repeat of {run['repeat_of']}: not counted)",
+                                completeness(run), pct(run["best_valid_accuracy"]),
+                                run["best_epoch"] if run["best_epoch"] is not None else "—",
+                                solved_text(run)])
+        for base in reference_settings(experiment):
+            if not any(s["base"] == base and s["protocol"] for s in present):
+                rows.append([experiment, base, "not measured", "", "", "",
+                             "; ".join(f"{ref.source}: {ref.text}"
+                                       for ref in references(experiment, base))])
+    if not rows:
+        return []
+    lines = table(["experiment", "setting", "runs (epochs done / planned)",
+                   "best valid acc. (%)", f"seeds that reached {SOLVED:g} %",
+                   f"their first epoch at >= {SOLVED:g} %", "references"], rows)
+    notes = [f"- {experiment}, {ref.source}: {ref.text}" for experiment in experiments
+             for ref in references(experiment, None)]
+    lines += [""] + notes if notes else []
+    if per_run:
+        lines += ["", "Per run:", ""]
+        lines += table(["experiment", "setting", "seed", "run (epochs done / planned)",
+                        "best valid acc. (%)", "at epoch",
+                        f"first epoch with valid acc. >= {SOLVED:g} %"], per_run)
+    return lines
+
+
+def transfer_groups(runs):
+    """{trained T: [runs with transfer results]}, the paper's T = 100 always present."""
+    groups = {100: []}
+    for run in runs:
+        if run.get("transfer"):
+            trained = run["transfer"]["trained_T"] or run["args"].get("T")
+            groups.setdefault(trained, []).append(run)
+    return dict(sorted(groups.items()))
+
+
+def transfer_delays(trained, members):
+    delays = set(TRANSFER_T) if trained == 100 else set()
+    for run in members:
+        delays |= {int(d) for d in run["transfer"]["accuracy"]}
+    return sorted(delays)
+
+
+def test_set_text(transfer):
+    return f"{transfer['test_size']:,} sequences, seed {transfer['seed']}"
+
+
+def transfer_source(transfer):
+    """Which checkpoint and test set a transfer number comes from, and how it departs from the
+    protocol (best_model.pt as it is now; 5,000 sequences of seed 555)."""
+    text = f"{transfer['checkpoint']} of epoch {transfer['checkpoint_epoch']}"
+    if not transfer["current"]:
+        text += f" ({transfer['checkpoint']} has changed since: out of date)"
+    text += f"; {test_set_text(transfer)}"
+    if not transfer["protocol"]:
+        text += " (not the protocol's best model on 5,000 sequences of seed 555)"
+    return text
+
+
+def transfer_section(runs):
+    lines = []
+    for trained, members in transfer_groups(runs).items():
+        delays = transfer_delays(trained, members)
+        rows = []
+        if trained == 100:
+            for base in ("vanilla", "h-detach p=0.5", "h-detach p=0.25"):
+                values = {ref.at: ref.text for ref in references("transfer T=100", base)}
+                rows.append([f"{base} (paper)", "", "", *(values.get(d, "") for d in delays),
+                             ""])
+        notes = []
+        for run in sorted(members, key=lambda r: (setting_order(r), r["seed"] or 0)):
+            transfer = run["transfer"]
+            seed = run["seed"] if not run.get("repeat_of") else \
+                f"{run['seed']} (repeat of {run['repeat_of']})"
+            rows.append([f"{run['setting']} (ours)", seed, transfer_source(transfer),
+                         *(pct(transfer["accuracy"].get(str(d))) if str(d) in
+                           transfer["accuracy"] else "—" for d in delays),
+                         completeness(run) + ("" if run["final"] else " (not final)")])
+            for other in transfer["others"]:
+                values = ", ".join(f"T'={d}: {pct(a)}" for d, a in other["accuracy"].items())
+                notes.append(f"- {run['setting']}, seed {run['seed']}, also measured (not in "
+                             f"the table): {transfer_source(other)}: {values}")
+        if not members:
+            rows.append(["ours", "", "", *("not measured" if i == 0 else "" for i in
+                                           range(len(delays))), ""])
+        lines += [f"Trained at T = {trained}, accuracy (%) on the last 10 steps at delay T':", ""]
+        lines += table(["setting", "seed", "model measured; test set",
+                        *(f"T'={d}" for d in delays), "training run"], rows)
+        lines += [""] + notes + [""] if notes else [""]
+    return lines[:-1]
+
+
+def runs_section(runs):
+    rows = []
+    for run in sorted(runs, key=lambda r: (experiment_order(r["experiment"]),
+                                           setting_order(r), r["seed"] or 0)):
+        elapsed = "" if run["elapsed_s"] is None else f"{run['elapsed_s'] / 3600:.1f}"
+        rows.append([run["path"], run["experiment"], run["setting"], run["seed"],
+                     run["state"], f"{run['epochs']}/{run['planned']}", run["device"] or "?",
+                     elapsed, "; ".join(filter(None, [
+                         run["message"], run.get("repeat_of") and
+                         f"repeats seed {run['seed']} of {run['repeat_of']}: not counted"]))])
+    return table(["run folder", "experiment", "setting", "seed", "state", "epochs done / planned",
+                  "device", "training time (h)", "note"], rows)
+
+
+def markdown_body(data, figures, h, figure_dir, root):
+    """The report's sections (headings at level ``h``), figures linked from ``figure_dir``."""
+    settings, runs = data["settings_full"], data["runs_full"]
+    experiments = sorted({s["experiment"] for s in settings} | set(MAIN_EXPERIMENTS) |
+                         {ref.experiment for ref in REFERENCE
+                          if not ref.experiment.startswith("transfer")},
+                         key=experiment_order)
+    done = sum(run["final"] for run in runs)
+    lines = [f"Generated by `python report.py {root}` from {len(runs)} run folder"
+             f"{'s' if len(runs) != 1 else ''} ({done} finished); do not edit by hand. Every "
+             "number of ours says how complete its run is (state, epochs done / planned); "
+             "numbers of runs that have not finished are not final. The references are the "
+             "paper's numbers, the authors' README and an independent reproduction report "
+             "(see below).", ""]
+    mnist_main = [e for e in experiments if not is_ablation(e) and not e.startswith("copying")]
+    copying_main = [e for e in experiments if not is_ablation(e) and e.startswith("copying")]
+    lines += [f"{h} Pixel MNIST and permuted MNIST", "",
+              "Test accuracy (%) at the best-validation epoch of the best-validation seed (the "
+              "paper's rule); beside it the mean and sample standard deviation over seeds. Runs "
+              "on files that are not the official MNIST, or that could not be checked against "
+              "torchvision's checksums (their data.json), are rows of their own, marked in "
+              "brackets, without the paper's numbers.", ""]
+    lines += mnist_section(settings, mnist_main) + [""]
+    lines += [f"{h} Copying", "",
+              f"Best validation accuracy (%) and the first epoch at which validation accuracy "
+              f"reached {SOLVED:g} %, per seed.", ""]
+    lines += copying_section(settings, copying_main) + [""]
+    lines += [f"{h} Transfer copying", "",
+              "The best model of a copying run, tested without training on fresh sequences of "
+              "a longer delay T' (the paper: 5,000 sequences, seed 555). Each row names the "
+              "checkpoint measured and the test set; where a run holds several measurements, "
+              "the protocol's is shown (best model, 5,000 sequences, seed 555) and the others "
+              "are listed below the table.", ""]
+    lines += transfer_section(runs) + [""]
+    ablations = [e for e in experiments if is_ablation(e)]
+    lines += [f"{h} Ablations", "",
+              "c-detach (the cell state c is detached instead of h, same p) and training "
+              "without gradient clipping. Pixel-MNIST ablations: test accuracy as above.", ""]
+    lines += mnist_section(settings, [e for e in ablations if not e.startswith("copying")])
+    copying_ablations = [e for e in ablations if e.startswith("copying")]
+    lines += [""] + copying_section(settings, copying_ablations) + [""]
+    lines += [f"{h} Figures", ""]
+    for name, caption in figures:
+        link = os.path.join(figure_dir, name).replace(os.sep, "/") if figure_dir else name
+        lines += [f"![{caption}]({link})", ""]
+    lines += [f"{h} Runs", ""] + runs_section(runs) + [""]
+    if data["skipped"]:
+        lines += [f"{h} Left out", ""]
+        lines += [f"- `{item['path']}`: {item['reason']}" for item in data["skipped"]] + [""]
+    lines += [f"{h} Sources of the references", ""]
+    lines += [f"- {name}: {text}." for name, text in SOURCES.items()]
+    return "\n".join(line.rstrip() for line in lines).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- README block
+
+def readme_block_lines(path):
+    """The README's lines and the indices of its two marker lines; a ``UsageError`` when the
+    markers are not there exactly once each, in order."""
+    try:
+        with open(path, newline="") as handle:
+            lines = handle.read().splitlines(keepends=True)
+    except OSError as err:
+        raise UsageError(f"--readme {path}: {err.strerror}") from None
+    begins = [i for i, line in enumerate(lines) if line.strip() == BEGIN]
+    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    if len(begins) != 1 or len(ends) != 1 or begins[0] > ends[0]:
+        raise UsageError(f"--readme {path} needs one line {BEGIN} and, after it, one line "
+                         f"{END} around the block to regenerate")
+    return lines, begins[0], ends[0]
+
+
+def write_readme(path, body):
+    lines, begin, end = readme_block_lines(path)
+    newline = "\r\n" if lines[begin].endswith("\r\n") else "\n"
+    block = [line + newline for line in body.rstrip("\n").split("\n")]
+    text = "".join(lines[:begin + 1] + block + lines[end:])
+    atomic_write(path, lambda handle: handle.write(text.encode()))
