@@ -135,8 +135,11 @@ def median_text(summary):
     median = summary["median_first_epoch"]
     n, reached = summary["n_seeds"], summary["reached_so_far"]
     if median is not None:
-        return f"{median:g} (over all {n} seed{'' if n == 1 else 's'})"
-    return f"not defined yet ({reached} of {n} reached {SOLVED:g} %)"
+        return f"{median:g} " + ("(one seed only)" if n == 1 else f"(over all {n} seeds)")
+    open_ = [seed for seed in summary["per_seed"] if seed["first_epoch"] is None]
+    # Runs that are done will not converge any more: then the median is not defined at all.
+    still = "" if all(seed["final"] for seed in open_) else " yet"
+    return f"not defined{still} ({reached} of {n} reached {SOLVED:g} %)"
 
 
 def first_epoch_text(seed):
