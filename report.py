@@ -13,7 +13,9 @@ never presented as final.
 
 Writes into --out (default ROOT): report.md (the tables), report.json (the same numbers for
 programs), valid_accuracy.png (validation accuracy against epoch, one panel per experiment)
-and transfer.png (transfer copying accuracy against T', when any run has a transfer.json).
+and transfer.png (transfer copying accuracy against T', when any run has a transfer.json);
+convergence.png (copying: seeds at 99 % against epoch, and every seed's curve, when any copying
+run is there).
 With --readme PATH, the lines between ``<!-- report:begin -->`` and ``<!-- report:end -->`` in
 PATH are replaced by the tables; nothing else in the file changes.
 """
@@ -22,6 +24,7 @@ import math
 import os
 import sys
 
+from report_convergence import convergence_figure, convergence_summary
 from report_figures import curves_figure, transfer_figure
 from report_markdown import BEGIN, END, markdown_body, readme_block_lines, write_readme
 from report_refs import REFERENCE, SOURCES, TRANSFER_T  # noqa: F401 (part of report's API)
@@ -101,6 +104,8 @@ def run(args):
     settings = group_settings(runs)
     for setting in settings:
         setting["summary"] = summarise(setting)
+        if setting["task"] == "copying":
+            setting["convergence"] = convergence_summary(setting)
     os.makedirs(out, exist_ok=True)
 
     figures = [("valid_accuracy.png", "Validation accuracy against epoch, one panel per "
@@ -109,6 +114,9 @@ def run(args):
     if any(run.get("transfer") for run in runs):
         figures.append(("transfer.png", "Transfer copying accuracy against T'"))
         transfer_figure(runs, os.path.join(out, figures[1][0]))
+    if convergence_figure(settings, os.path.join(out, "convergence.png")):
+        figures.append(("convergence.png", "Copying: seeds at 99 % against epoch, and every "
+                                           "seed's validation curve"))
 
     data = {"settings_full": settings, "runs_full": runs, "skipped": skipped}
     report = "# h-detach: the paper's results beside ours\n\n" + markdown_body(

@@ -1,6 +1,7 @@
 """The report's markdown: its tables and sections, and the README block it regenerates."""
 import os
 
+from report_convergence import cdetach_section, convergence_section
 from report_refs import MAIN_EXPERIMENTS, PAPER, REFERENCE, SOURCES, TRANSFER_T, references, \
     reference_settings
 from report_runs import SOLVED, completeness, experiment_order, is_ablation, setting_order
@@ -292,6 +293,7 @@ def markdown_body(data, figures, h, figure_dir, root):
               f"Best validation accuracy (%) and the first epoch at which validation accuracy "
               f"reached {SOLVED:g} %, per seed.", ""]
     lines += copying_section(settings, copying_main) + [""]
+    lines += convergence_section(settings, h)  # ends with a blank line; nothing if no copying
     lines += [f"{h} Transfer copying", "",
               "The best model of a copying run, tested without training on fresh sequences of "
               "a longer delay T' (the paper: 5,000 sequences, seed 555). Each row names the "
@@ -306,6 +308,7 @@ def markdown_body(data, figures, h, figure_dir, root):
     lines += mnist_section(settings, [e for e in ablations if not e.startswith("copying")])
     copying_ablations = [e for e in ablations if e.startswith("copying")]
     lines += [""] + copying_section(settings, copying_ablations) + [""]
+    lines += cdetach_section(settings, h)  # ends with a blank line; nothing if no c-detach run
     lines += [f"{h} Figures", ""]
     for name, caption in figures:
         link = os.path.join(figure_dir, name).replace(os.sep, "/") if figure_dir else name

@@ -171,7 +171,7 @@ def test_unfinished_runs_are_labelled_as_such(real_report):
 
 def test_pngs_decode_with_the_expected_size(real_report):
     out, data, text = real_report
-    assert data["figures"] == ["valid_accuracy.png", "transfer.png"]
+    assert data["figures"] == ["valid_accuracy.png", "transfer.png", "convergence.png"]
     # One panel each (one experiment, one trained delay): 7.5 inches at 100 dpi, and at least
     # 4.2 inches high plus the legend under the panel.
     curves = matplotlib.image.imread(out / "valid_accuracy.png")
@@ -189,7 +189,8 @@ def test_out_defaults_to_root_and_nothing_else_is_touched(real_root, tmp_path):
     assert report.main([str(root)]) == 0
     new = {p for p in root.rglob("*")} - set(before)
     assert {p.name for p in new} == {"report.md", "report.json", "valid_accuracy.png",
-                                     "transfer.png"} and all(p.parent == root for p in new)
+                                     "transfer.png", "convergence.png"} and \
+        all(p.parent == root for p in new)
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in before.items())
 
 
