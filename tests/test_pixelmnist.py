@@ -32,7 +32,7 @@ TINY = ["--no-download", "--lstm-size", "8", "--batch_size", "10"]
 RESULT_KEYS = {"best_valid_accuracy", "best_valid_loss", "best_epoch", "test_accuracy",
                "test_loss", "final_valid_accuracy", "final_epoch", "wall_time_s", "p_detach",
                "detach", "permute", "seed", "lstm_size", "lr", "train_size", "valid_size",
-               "test_size", "clip", "batch_size", "n_epochs", "anneal_p"}
+               "test_size", "clip", "batch_size", "n_epochs", "anneal_p", "numerics"}
 EPOCH_TAGS = {"train/loss", "train/epoch_loss", "valid/loss", "valid/accuracy", "p_detach",
               "test/accuracy", "test/loss", "best/valid_accuracy", "best/test_accuracy"}
 

@@ -352,7 +352,7 @@ def test_pixelmnist_resume_is_exact(small_mnist, tmp_path, rng):
 
 
 def test_report_counts_a_pre_flag_run_as_kit_and_rng_as_a_stream_not_a_setting():
-    import report
+    import report_runs as report
     old = report.normalise_args("copying", {"T": 100, "p_detach": 0.5, "seed": 3})
     new = report.normalise_args("copying", {"T": 100, "p_detach": 0.5, "seed": 3,
                                             "rng": "authors"})
@@ -360,3 +360,14 @@ def test_report_counts_a_pre_flag_run_as_kit_and_rng_as_a_stream_not_a_setting()
     # Two seeds of one setting, not two settings; rng is never shown as what sets one apart.
     assert report.setting_key("copying", old) == report.setting_key("copying", new)
     assert report.modifiers("copying", old, "copying T=100", set()) == []
+
+
+def test_one_seed_under_two_streams_is_two_samples_not_a_repeat():
+    import report_runs
+    run = dict(seed=3, final=False, epochs=5)
+    kit = dict(run, path="a", args={"rng": "kit"})
+    authors = dict(run, path="b", args={"rng": "authors"})
+    again = dict(run, path="c", epochs=4, args={"rng": "kit"})
+    samples, repeats = report_runs.one_per_seed([kit, authors, again])
+    assert [r["path"] for r in samples] == ["a", "b"]
+    assert [r["path"] for r in repeats] == ["c"] and again["repeat_of"] == "a"
