@@ -259,11 +259,30 @@ def runs_section(runs):
         elapsed = "" if run["elapsed_s"] is None else f"{run['elapsed_s'] / 3600:.1f}"
         rows.append([run["path"], run["experiment"], run["setting"], run["seed"],
                      run["state"], f"{run['epochs']}/{run['planned']}", run["device"] or "?",
-                     elapsed, "; ".join(filter(None, [
+                     run.get("numerics") or "unrecorded", elapsed, "; ".join(filter(None, [
                          run["message"], run.get("repeat_of") and
                          f"repeats seed {run['seed']} of {run['repeat_of']}: not counted"]))])
     return table(["run folder", "experiment", "setting", "seed", "state", "epochs done / planned",
-                  "device", "training time (h)", "note"], rows)
+                  "device", "numerics", "training time (h)", "note"], rows)
+
+
+def numerics_notes(settings):
+    """One line per setting whose runs did not all record the same arithmetic (numerics mode
+    and kernels, see numerics.py): their seeds are then not bit-for-bit comparable runs."""
+    lines = []
+    for setting in settings:
+        labels = {}
+        for run in setting["runs"]:
+            labels.setdefault(run.get("numerics") or "unrecorded", []).append(run["seed"])
+        if len(labels) > 1:
+            parts = "; ".join(f"{label}: seed{'s' if len(seeds) > 1 else ''} "
+                              + ", ".join(map(str, seeds)) for label, seeds in labels.items())
+            lines.append(f"- {setting['experiment']}, {setting['label']}: {parts}")
+    if not lines:
+        return []
+    return (["Settings whose runs recorded different (or no) numerics fingerprints; "
+             "`unrecorded` runs predate the fingerprint (see the README's \"Reproducing a "
+             "seed\"):", ""] + lines + [""])
 
 
 def markdown_body(data, figures, h, figure_dir, root):
@@ -313,7 +332,7 @@ def markdown_body(data, figures, h, figure_dir, root):
     for name, caption in figures:
         link = os.path.join(figure_dir, name).replace(os.sep, "/") if figure_dir else name
         lines += [f"![{caption}]({link})", ""]
-    lines += [f"{h} Runs", ""] + runs_section(runs) + [""]
+    lines += [f"{h} Runs", ""] + runs_section(runs) + [""] + numerics_notes(settings)
     if data["skipped"]:
         lines += [f"{h} Left out", ""]
         lines += [f"- `{item['path']}`: {item['reason']}" for item in data["skipped"]] + [""]

@@ -192,7 +192,8 @@ def read_run(path, root):
         "path": os.path.relpath(path, root), "task": task, "seed": args.get("seed"),
         "key": json.dumps([setting_key(task, args), data]), "args": args, "data": data,
         "experiment": experiment_name(task, args, data), "base": base_label(args),
-        "device": config.get("device"), "state": status["state"],
+        "device": config.get("device"), "numerics": folder.numerics_label(config),
+        "state": status["state"],
         "epochs": status["epochs"], "planned": status["planned"],
         "message": status["message"], "final": final,
         "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
@@ -403,7 +404,9 @@ def summarise(setting):
     measured = [run for run in runs if run["best_valid_accuracy"] is not None]
     summary = {"n_runs": len(runs), "n_done": sum(run["final"] for run in runs),
                "seeds": [run["seed"] for run in runs],
-               "all_final": all(run["final"] for run in runs)}
+               "all_final": all(run["final"] for run in runs),
+               # which arithmetic its runs ran with (runfolder.RunFolder.numerics_label)
+               "numerics": sorted({run.get("numerics") or "unrecorded" for run in runs})}
     mean, sd, n = mean_sd([run["best_valid_accuracy"] for run in runs])
     summary["best_valid_accuracy"] = {"mean": mean, "sd": sd, "n": n}
     # The best-validation run: highest best validation accuracy, ties to the lower seed.

@@ -352,14 +352,15 @@ def cmd_status(args):
     for run in plan.grid.runs:
         state, info = plan.state(run)
         if state == "damaged":
-            rows.append((run.name, "damaged", "", "", "", "", info["message"]))
+            rows.append((run.name, "damaged", "", "", "", "", "", info["message"]))
             continue
         if run.is_transfer:
             shown = {"done": "done", "waiting": "waiting for its model",
                      "start": "out of date" if info.get("message") else "not started"}[state]
-            rows.append((run.name, shown, "", "", "", "", info.get("message") or ""))
+            rows.append((run.name, shown, "", "", "", "", "", info.get("message") or ""))
             continue
-        raw = RunFolder(plan.folder(run)).status()
+        folder = RunFolder(plan.folder(run))
+        raw = folder.status()
         shown = {"not started": "not started", "running": "running", "done": "done",
                  "failed": "failed"}.get(raw["state"])
         if shown is None:
@@ -375,8 +376,9 @@ def cmd_status(args):
             estimated = True
         rows.append((run.name, shown, describe(raw), best,
                      "" if pace is None else f"{pace:.0f}" if pace >= 10 else f"{pace:.1f}",
-                     to_go, raw.get("message") or ""))
-    header = ("run", "state", "epochs", "best valid %", "s/epoch", "to go", "note")
+                     to_go, folder.numerics_label() if folder.has("config.json") else "",
+                     raw.get("message") or ""))
+    header = ("run", "state", "epochs", "best valid %", "s/epoch", "to go", "numerics", "note")
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -538,3 +538,28 @@ def test_reference_table_is_consistent():
     assert report.base_label(args) == "c-detach p=0.25"
     paper = [ref for ref in report.REFERENCE if ref.kind == "transfer"]
     assert len(paper) == 18 and {ref.at for ref in paper} == set(report.TRANSFER_T)
+
+
+def test_runs_show_their_numerics_and_a_setting_of_mixed_arithmetic_is_flagged(tmp_path):
+    # Issue 20: the report shows each run's numerics mode and flags a setting whose seeds ran
+    # with different (or unrecorded) arithmetic.
+    root = tmp_path / "runs"
+    portable = {"mode": "portable", "aten_capability": "AVX2", "device_type": "cpu"}
+    native = {"mode": "native", "aten_capability": "AVX512", "device_type": "cpu"}
+    for name, seed, record in (("a", 1, portable), ("b", 2, native), ("c", 3, None)):
+        folder = make_run(root / name, "copying", ["--T", "100", "--seed", str(seed)], [10, 20])
+        if record:
+            config = json.loads((folder / "config.json").read_text())
+            runfolder.write_json(folder / "config.json", dict(config, numerics=record))
+    make_run(root / "d", "copying", ["--T", "100", "--seed", "1", "--p-detach", "0.5"], [10])
+    data, text = run_report(root, tmp_path / "out")
+    runs = by_path(data)
+    assert runs["a"]["numerics"] == "portable (AVX2)" and runs["c"]["numerics"] == "unrecorded"
+    assert next(line for line in text.splitlines() if line.startswith("| b | ")).count(
+        "native (AVX512)") == 1
+    flagged = [line for line in text.splitlines() if line.startswith("- copying T=100, ")
+               and "seed" in line and ": portable" in line]
+    assert flagged == ["- copying T=100, vanilla: portable (AVX2): seed 1; native (AVX512): "
+                       "seed 2; unrecorded: seed 3"]
+    # p = 0.5 has one run: nothing to flag
+    assert not any(line.startswith("- copying T=100, h-detach p=0.5:") for line in text.split("\n"))

@@ -558,3 +558,13 @@ def test_until_epoch_past_a_runs_end_is_not_passed_to_it(tmp_path):
     plan = sweep.Plan(grids.get_grid("smoke"), str(tmp_path), until_epoch=2)
     assert all(plan.command(run, "start")[-2:] == ["--until-epoch", "2"]
                for run in plan.grid.runs if not run.is_transfer)
+
+
+def test_status_shows_each_runs_numerics(smoke_root, capsys):
+    # Issue 20: which arithmetic each training run recorded (numerics.py), beside its state.
+    assert run_sweep("status", "smoke", "--root", smoke_root) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "numerics" in lines[0].split()
+    for model in SMOKE_MODELS:
+        row = next(line for line in lines if line.startswith(model + " "))
+        assert "portable (" in row, row
