@@ -409,6 +409,23 @@ class _FastLSTMFunction(torch.autograd.Function):
         dh0 = None
         first = True
         mm, addmm, addcmul, mul = torch.mm, torch.addmm, torch.addcmul, torch.mul
+
+        def next_dh(t, j, p, u, dh, dh0):
+            """(dh_{t-1}, dh0) once step t's gate gradients u are known: the recurrent matmul,
+            plus h_{t-1}'s own readout gradient (sub-chunk slot j); a cut step skips the matmul
+            and keeps only that readout gradient; at t = 0 it is the gradient of h0."""
+            blocked = mask is not None and mask[t]
+            if t == 0:
+                if not blocked:
+                    dh0 = mm(w_b_h, u)
+            elif go_l is None:
+                dh = zero_h if blocked else mm(w_b_h, u, out=dh_buf[p])
+            elif not blocked:
+                dh = addmm(go_l[j], w_b_h, u, out=dh_buf[p])
+            else:
+                dh = go_l[j] if j or go_buf is None else dh_buf[p].copy_(go_l[j])
+            return dh, dh0
+
         chunk = chunks[0][1].shape[0]
         for index in range(len(chunks) - 1, -1, -1):
             _, gates, cs = chunks[index]
@@ -450,16 +467,7 @@ class _FastLSTMFunction(torch.autograd.Function):
                         addcmul(in2[j + 1], dh, fac2[j], out=out2[j])
                         u = us[j]
                         mul(dcs[j], fac4[j], out=out4[j])
-                        blocked = mask is not None and mask[t]
-                        if t == 0:
-                            if not blocked:
-                                dh0 = mm(w_b_h, u)
-                        elif go_l is None:
-                            dh = zero_h if blocked else mm(w_b_h, u, out=dh_buf[p])
-                        elif not blocked:
-                            dh = addmm(go_l[j], w_b_h, u, out=dh_buf[p])
-                        else:
-                            dh = go_l[j] if j or go_buf is None else dh_buf[p].copy_(go_l[j])
+                        dh, dh0 = next_dh(t, j, p, u, dh, dh0)
                     u_all = dg[1:5, :, :m].view(4 * H, m * batch)
                     z_sub[:, :m].copy_(z[t0:t0 + m].transpose(0, 1))
                     grad_w.addmm_(u_all, z_sub[:, :m].view(width, m * batch).t())
@@ -476,16 +484,7 @@ class _FastLSTMFunction(torch.autograd.Function):
                     grad_w.addmm_(u, z_t[j])
                     if grad_x is not None:
                         mm(u.t(), w_b_x, out=grad_x[t])
-                    blocked = mask is not None and mask[t]
-                    if t == 0:
-                        if not blocked:
-                            dh0 = mm(w_b_h, u)
-                    elif go_l is None:
-                        dh = zero_h if blocked else mm(w_b_h, u, out=dh_buf[p])
-                    elif not blocked:
-                        dh = addmm(go_l[j], w_b_h, u, out=dh_buf[p])
-                    else:  # a cut step keeps only h_{t-1}'s own readout gradient
-                        dh = go_l[j] if j or go_buf is None else dh_buf[p].copy_(go_l[j])
+                    dh, dh0 = next_dh(t, j, p, u, dh, dh0)
         if pooled:
             ctx.pool.give([buf for buf, _, _ in chunks])
             ctx.chunks = None
