@@ -212,3 +212,26 @@ def test_run_folder_labels_its_arithmetic(tmp_path):
               "mixed: portable (AVX2), native (AVX512)")]
     for config, label in cases:
         assert runfolder.RunFolder(str(tmp_path)).numerics_label(config) == label
+
+
+def test_cuda_arithmetic_settings_are_made_explicit(monkeypatch):
+    # What resolve_device("cuda") sets before a GPU run (checked here without a GPU): FP32
+    # matmuls, deterministic algorithms in warn-only mode, no cuDNN autotuning, and cuBLAS's
+    # reproducible workspace. The process's settings are put back afterwards.
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        numerics.configure_cuda()
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == numerics.CUBLAS_WORKSPACE
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) = saved[:4]
+        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
