@@ -3,6 +3,8 @@
     python bench.py            # the table and, as the last line, one JSON object
     python bench.py --quick    # fewer repetitions, for a smoke check (several minutes on
                                # 2 CPU cores; it says how long once it has timed a warm-up)
+    python bench.py --compare-numerics   # only the fast step, --numerics portable vs native,
+                                         # in alternating fresh processes (numerics.py)
 
 It prints its progress and each result as it is measured (to stderr, the tables to stdout).
 
