@@ -204,7 +204,12 @@ def transfer_delays(trained, members):
 
 
 def test_set_text(transfer):
-    return f"{transfer['test_size']:,} sequences, seed {transfer['seed']}"
+    # rng: whose generator drew the sequences (transfer_copy.py --rng): the authors' test sets,
+    # or the kit's torch-drawn ones (every measurement made before the flag).
+    streams = {"authors": "the authors' streams", "kit": "the kit's streams"}
+    rng = transfer.get("rng", "kit")
+    return (f"{transfer['test_size']:,} sequences, seed {transfer['seed']}, "
+            f"{streams.get(rng, rng)}")
 
 
 def transfer_source(transfer):

@@ -261,7 +261,8 @@ def transfer_summary(item, current, protocol):
     rows = {int(row["T"]): float(row["accuracy"]) for row in item["results"]}
     return {"checkpoint": item["checkpoint"], "checkpoint_epoch": item.get("checkpoint_epoch"),
             "trained_T": item.get("trained_T"), "seed": item["seed"],
-            "test_size": item["test_size"], "current": current, "protocol": protocol,
+            "test_size": item["test_size"], "rng": item.get("rng", "kit"),  # before --rng: kit
+            "current": current, "protocol": protocol,
             "accuracy": {str(delay): rows[delay] for delay in sorted(rows)}}
 
 

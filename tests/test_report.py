@@ -214,14 +214,15 @@ def test_the_report_shows_the_protocols_transfer_and_names_every_measurements_so
     row = next(line for line in text.splitlines() if "(ours) | 1 |" in line)
     assert "best_model.pt of epoch" in row and "5,000 sequences, seed 555" in row
     assert "also measured (not in the table): last.pt of epoch" in text
-    assert "20 sequences, seed 555 (not the protocol's" in text
+    assert "20 sequences, seed 555, the authors' streams (not the protocol's" in text
     # With only a measurement of last.pt, that one is shown, and says what it is.
     os.remove(root / "run" / "transfer.json")
     assert transfer_copy.main(["--model-dir", str(root / "run" / "last.pt"), "--T", "8",
                                "--test-size", "20", "--device", "cpu"]) == 0
     data, text = run_report(root, tmp_path / "out2")
     row = next(line for line in text.splitlines() if "(ours) | 1 |" in line)
-    assert "last.pt of epoch 3; 20 sequences, seed 555 (not the protocol's" in row
+    assert "last.pt of epoch 3; 20 sequences, seed 555, the authors' streams (not the " \
+        "protocol's" in row
 
 
 def test_a_transfer_of_a_model_that_changed_since_is_marked_out_of_date(real_root, tmp_path):
