@@ -148,20 +148,22 @@ def run(args, argv, last, lock=None):
                   f"valid loss {val_loss:.4f}  valid acc {val_acc:6.2f}%  best "
                   f"{run.best['accuracy']:6.2f}% (epoch {run.best['epoch']})  "
                   f"{run.elapsed():.0f}s", flush=True)
-    if run.epoch < args.n_epochs:
-        print(run.pause(COMMAND), flush=True)
+        # Still inside: a SIGTERM while state.json or results.json is written only sets
+        # ``stop.requested`` (the run is ending anyway), never kills the write.
+        if run.epoch < args.n_epochs:
+            print(run.pause(COMMAND), flush=True)
+            return 0
+        results = run.finish({"best_valid_accuracy": run.best["accuracy"],
+                              "best_epoch": run.best["epoch"],
+                              "final_valid_accuracy": run.history[-1]["valid/accuracy"],
+                              "T": args.T, "p_detach": args.p_detach, "detach": args.detach,
+                              "seed": args.seed, "lstm_size": args.lstm_size, "lr": args.lr,
+                              "clip": args.clip, "batch_size": args.batch_size,
+                              "n_epochs": args.n_epochs, "anneal_p": args.anneal_p,
+                              "train_size": args.train_size, "valid_size": args.test_size})
+        print(f"done: best valid accuracy {results['best_valid_accuracy']:.2f}% at epoch "
+              f"{results['best_epoch']}; results in {os.path.join(args.save_dir, 'results.json')}")
         return 0
-    results = run.finish({"best_valid_accuracy": run.best["accuracy"],
-                          "best_epoch": run.best["epoch"],
-                          "final_valid_accuracy": run.history[-1]["valid/accuracy"],
-                          "T": args.T, "p_detach": args.p_detach, "detach": args.detach,
-                          "seed": args.seed, "lstm_size": args.lstm_size, "lr": args.lr,
-                          "clip": args.clip, "batch_size": args.batch_size,
-                          "n_epochs": args.n_epochs, "anneal_p": args.anneal_p,
-                          "train_size": args.train_size, "valid_size": args.test_size})
-    print(f"done: best valid accuracy {results['best_valid_accuracy']:.2f}% at epoch "
-          f"{results['best_epoch']}; results in {os.path.join(args.save_dir, 'results.json')}")
-    return 0
 
 
 def main(argv=None):

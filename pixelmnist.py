@@ -443,27 +443,29 @@ def run(args, argv, last, lock=None):
                   f"{val_acc:6.2f}%  best {run.best['accuracy']:6.2f}% (epoch "
                   f"{run.best['epoch']}, test {run.best['test_accuracy']:6.2f}%)  "
                   f"{run.elapsed():.0f}s", flush=True)
-    if run.epoch < args.n_epochs:
-        print(run.pause(COMMAND), flush=True)
+        # Still inside: a SIGTERM while state.json or results.json is written only sets
+        # ``stop.requested`` (the run is ending anyway), never kills the write.
+        if run.epoch < args.n_epochs:
+            print(run.pause(COMMAND), flush=True)
+            return 0
+        best = run.best
+        run.log.scalar("best/valid_accuracy", best["accuracy"], run.epoch)
+        run.log.scalar("best/test_accuracy", best["test_accuracy"], run.epoch)
+        results = run.finish({
+            "best_valid_accuracy": best["accuracy"], "best_valid_loss": best["loss"],
+            "best_epoch": best["epoch"], "test_accuracy": best["test_accuracy"],
+            "test_loss": best["test_loss"],
+            "final_valid_accuracy": run.history[-1]["valid/accuracy"],
+            "p_detach": args.p_detach, "detach": args.detach, "permute": bool(args.permute),
+            "seed": args.seed,
+            "lstm_size": args.lstm_size, "lr": args.lr, "clip": args.clip,
+            "batch_size": args.batch_size, "n_epochs": args.n_epochs, "anneal_p": args.anneal_p,
+            "train_size": args.train_size,
+            "valid_size": args.valid_size, "test_size": test.images.shape[0]})
+        print(f"done: best valid accuracy {results['best_valid_accuracy']:.2f}% at epoch "
+              f"{results['best_epoch']}, test accuracy there {results['test_accuracy']:.2f}%; "
+              f"results in {os.path.join(args.save_dir, 'results.json')}")
         return 0
-    best = run.best
-    run.log.scalar("best/valid_accuracy", best["accuracy"], run.epoch)
-    run.log.scalar("best/test_accuracy", best["test_accuracy"], run.epoch)
-    results = run.finish({
-        "best_valid_accuracy": best["accuracy"], "best_valid_loss": best["loss"],
-        "best_epoch": best["epoch"], "test_accuracy": best["test_accuracy"],
-        "test_loss": best["test_loss"],
-        "final_valid_accuracy": run.history[-1]["valid/accuracy"],
-        "p_detach": args.p_detach, "detach": args.detach, "permute": bool(args.permute),
-        "seed": args.seed,
-        "lstm_size": args.lstm_size, "lr": args.lr, "clip": args.clip,
-        "batch_size": args.batch_size, "n_epochs": args.n_epochs, "anneal_p": args.anneal_p,
-        "train_size": args.train_size,
-        "valid_size": args.valid_size, "test_size": test.images.shape[0]})
-    print(f"done: best valid accuracy {results['best_valid_accuracy']:.2f}% at epoch "
-          f"{results['best_epoch']}, test accuracy there {results['test_accuracy']:.2f}%; "
-          f"results in {os.path.join(args.save_dir, 'results.json')}")
-    return 0
 
 
 def main(argv=None):

@@ -28,8 +28,8 @@ from copying import NUM_CLASSES, TASK, evaluate
 from model import HDetachNet
 from numerics import add_numerics_flag, fingerprint, warn_in_process
 from runfolder import now_iso, read_checkpoint, record_transfer
-from utils import (RNG_MODES, ArgParser, UsageError, authors_copying_symbols, copying_symbols,
-                   positive_int, report_errors, resolve_device, seed_value)
+from utils import (RNG_MODES, ArgParser, StopSignals, UsageError, authors_copying_symbols,
+                   copying_symbols, positive_int, report_errors, resolve_device, seed_value)
 
 
 def build_parser():
@@ -115,12 +115,15 @@ def run(args):
     # Every earlier measurement is kept: of another checkpoint (last.pt, an older best_model.pt
     # of a run still training), another test-set size or seed. Rows for other delays of this
     # same checkpoint and test set are merged with these.
-    record_transfer(out, {"checkpoint": os.path.basename(path), "trained_T": trained_t,
-                          "checkpoint_sha256": digest, "checkpoint_kind": checkpoint.get("kind"),
-                          "checkpoint_epoch": checkpoint.get("epoch"), "seed": args.seed,
-                          "test_size": args.test_size, "rng": args.rng,
-                          "measured": now_iso(), "numerics": numerics,
-                          "results": [rows[delay] for delay in sorted(rows)]})
+    # A SIGTERM while measuring ends the process (nothing is written, nothing lost); one that
+    # arrives while transfer.json is written waits for the write to finish.
+    with StopSignals():
+        record_transfer(out, {
+            "checkpoint": os.path.basename(path), "trained_T": trained_t,
+            "checkpoint_sha256": digest, "checkpoint_kind": checkpoint.get("kind"),
+            "checkpoint_epoch": checkpoint.get("epoch"), "seed": args.seed,
+            "test_size": args.test_size, "rng": args.rng, "measured": now_iso(),
+            "numerics": numerics, "results": [rows[delay] for delay in sorted(rows)]})
     print(f"written: {out}")
     return 0
 

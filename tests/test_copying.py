@@ -644,3 +644,38 @@ def test_transfer_loads_a_checkpoint_from_before_detach(tiny_run, tmp_path):
                                    "--device", "cpu"]) == 0
         rows.append(json.loads((tmp_path / name / "transfer.json").read_text())["results"])
     assert rows[0] == rows[1] and len(rows[0]) == 1
+
+
+@pytest.mark.parametrize("until", [None, 1])
+def test_sigterm_while_the_run_writes_its_end_loses_nothing(tmp_path, until):
+    """A SIGTERM that arrives while a run writes results.json and state.json at its end (done)
+    or at --until-epoch (paused) is caught like any other: the run ends as it would have, with
+    no half-written file left and state.json saying how it ended."""
+    folder = tmp_path / "run"
+    extra = ["--n_epochs", "2"] + (["--until-epoch", str(until)] if until else [])
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "signal_at_end.py"), "copying",
+                           *TINY, "--save-dir", str(folder), *extra],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not list(folder.glob(".*.tmp")) and not list(folder.glob("*.tmp"))
+    state = json.loads((folder / "state.json").read_text())
+    assert state["state"] == ("paused" if until else "done")
+    assert (folder / "results.json").exists() == (until is None)
+    if until is None:
+        assert json.loads((folder / "results.json").read_text())["final_epoch"] == 2
+
+
+def test_sigterm_while_transfer_json_is_written_keeps_the_measurement(tiny_run, tmp_path):
+    """transfer_copy.py: a SIGTERM during the write of transfer.json waits for the write; the
+    measurement lands whole and nothing half-written stays beside it."""
+    folder = tmp_path / "run"
+    shutil.copytree(tiny_run, folder)
+    (folder / "transfer.json").unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "signal_at_end.py"),
+                           "transfer_copy", "--model-dir", str(folder), "--T", "6", "8",
+                           "--test-size", "20", "--device", "cpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not list(folder.glob(".*.tmp"))
+    record = json.loads((folder / "transfer.json").read_text())
+    assert [row["T"] for row in record["results"]] == [6, 8]

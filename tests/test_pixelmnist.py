@@ -579,3 +579,18 @@ def test_sigterm_then_sigkill_then_resume_is_exact(mnist, tmp_path, capsys):
     assert got_events.keys() == want_events.keys()
     for tag in want_events:
         assert got_events[tag] == want_events[tag], tag  # each point once, with its value
+
+
+def test_sigterm_while_the_run_writes_its_end_loses_nothing(mnist, tmp_path):
+    """A SIGTERM that arrives while the run writes results.json and state.json at its end is
+    caught like any other: the run finishes, with no half-written file left behind."""
+    folder = tmp_path / "run"
+    args = [*TINY, "--data-dir", mnist[0], "--train-size", 20, "--valid-size", 10,
+            "--n_epochs", 1, "--save-dir", folder]
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "signal_at_end.py"),
+                           "pixelmnist", *map(str, args)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not list(folder.glob(".*.tmp"))
+    assert json.loads((folder / "state.json").read_text())["state"] == "done"
+    assert json.loads((folder / "results.json").read_text())["final_epoch"] == 1
