@@ -144,6 +144,13 @@ def copying_section(settings, experiments):
                 best = "no epoch yet"
             elif len(runs) == 1:
                 best = f"{pct(runs[0]['best_valid_accuracy'])}{later}"
+            elif not summary["all_final"] and len({run["epochs"] for run in runs}) > 1:
+                # A mean over runs at different stages (epoch 49 and epoch 200) measures the
+                # stages, not the setting: each seed with its epochs instead.
+                best = "; ".join(
+                    f"seed {run['seed']}: {pct(run['best_valid_accuracy'])} "
+                    f"({epochs_text(run['epochs'])})" for run in runs
+                    if run["best_valid_accuracy"] is not None) + " (so far)"
             else:
                 best = f"mean {stat_text(summary['best_valid_accuracy'])}{later}"
             first = [run["first_epoch_solved"] for run in runs

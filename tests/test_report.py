@@ -564,3 +564,22 @@ def test_runs_show_their_numerics_and_a_setting_of_mixed_arithmetic_is_flagged(t
                        "seed 2; unrecorded: seed 3"]
     # p = 0.5 has one run: nothing to flag
     assert not any(line.startswith("- copying T=100, h-detach p=0.5:") for line in text.split("\n"))
+
+
+def test_no_mean_over_unfinished_runs_at_different_epochs(tmp_path):
+    """Seed 1 at epoch 2 and seed 3 at epoch 4, both training: the setting's best accuracy is
+    each seed's with its epochs, not a mean of two stages; at one stage the mean comes back."""
+    root = tmp_path / "runs"
+    make_run(root / "a", "copying", ["--T", "100", "--seed", "1"], [40, 60], finished=False)
+    make_run(root / "b", "copying", ["--T", "100", "--seed", "3"], [50, 70, 90, 95],
+             finished=False)
+    _, text = run_report(root, tmp_path / "out")
+    row = next(line for line in text.splitlines() if line.startswith("| copying T=100 | vanilla"))
+    assert "seed 1: 60.00 (2 epochs); seed 3: 95.00 (4 epochs) (so far)" in row
+    assert "mean" not in row
+    shutil.rmtree(root / "a")
+    make_run(root / "a", "copying", ["--T", "100", "--seed", "1"], [40, 60, 80, 85],
+             finished=False)
+    _, text = run_report(root, tmp_path / "out2")
+    row = next(line for line in text.splitlines() if line.startswith("| copying T=100 | vanilla"))
+    assert "mean 90.00 ± 7.07 (n = 2) (so far)" in row
