@@ -463,10 +463,13 @@ class LocalSweep:
         folder = self.plan.folder(run)
         if proc.returncode == -signal.SIGTERM and self.stop_reason:
             # Our SIGTERM came before the run had set up its clean stop (while it was still
-            # loading): nothing of it was saved yet, and nothing was lost.
+            # loading), or while a transfer measured: nothing of it was saved yet, and nothing
+            # was lost.
             self.stopped.append(run.name)
             self.unsaved.append(run.name)
-            self.say(f"stopped  {run.name} before its first checkpoint (nothing lost)")
+            what = ("before it wrote its measurement" if run.is_transfer else
+                    "while it was starting, before it trained")
+            self.say(f"stopped  {run.name} {what} (nothing lost)")
             return
         if proc.returncode != 0:
             line = last_line(os.path.join(folder, run.log_name))
