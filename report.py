@@ -27,6 +27,7 @@ import sys
 from report_convergence import convergence_figure, convergence_summary
 from report_figures import curves_figure, transfer_figure
 from report_markdown import BEGIN, END, markdown_body, readme_block_lines, write_readme
+from report_paired import paired_summaries
 from report_refs import REFERENCE, SOURCES, TRANSFER_T  # noqa: F401 (part of report's API)
 from report_runs import (SOLVED, base_label, best_of, experiment_name,  # noqa: F401
                          group_settings, load_runs, normalise_args, summarise)
@@ -34,7 +35,8 @@ from runfolder import EventLog, RunFolder, atomic_write
 from utils import ArgParser, UsageError, report_errors
 
 # The report is split into modules: report_refs (reference numbers, as data), report_runs
-# (reading and summarising runs), report_markdown (tables, README block) and report_figures.
+# (reading and summarising runs), report_markdown (tables, README block), report_figures,
+# report_convergence (copying seeds at 99 %) and report_paired (h-detach vs vanilla per seed).
 
 
 # ----------------------------------------------------------------------------- main
@@ -118,7 +120,8 @@ def run(args):
         figures.append(("convergence.png", "Copying: seeds at 99 % against epoch, and every "
                                            "seed's validation curve"))
 
-    data = {"settings_full": settings, "runs_full": runs, "skipped": skipped}
+    data = {"settings_full": settings, "runs_full": runs, "skipped": skipped,
+            "paired": paired_summaries(settings)}
     report = "# h-detach: the paper's results beside ours\n\n" + markdown_body(
         data, figures, "##", "", args.root)
     atomic_write(os.path.join(out, "report.md"), lambda handle: handle.write(report.encode()))
@@ -131,6 +134,7 @@ def run(args):
                           repeats=[run["path"] for run in s["repeats"]]) for s in settings],
         "runs": [{k: v for k, v in run.items() if k != "key"} for run in runs],
         "skipped": skipped,
+        "paired": data["paired"],
         "references": [dict(ref._asdict(), source_detail=SOURCES[ref.source])
                        for ref in REFERENCE],
         "figures": [name for name, _ in figures],

@@ -2,6 +2,7 @@
 import os
 
 from report_convergence import cdetach_section, convergence_section
+from report_paired import paired_section
 from report_refs import MAIN_EXPERIMENTS, PAPER, REFERENCE, SOURCES, TRANSFER_T, references, \
     reference_settings
 from report_runs import SOLVED, completeness, experiment_order, is_ablation, setting_order
@@ -325,6 +326,7 @@ def markdown_body(data, figures, h, figure_dir, root):
               f"reached {SOLVED:g} %, per seed.", ""]
     lines += copying_section(settings, copying_main) + [""]
     lines += convergence_section(settings, h)  # ends with a blank line; nothing if no copying
+    lines += paired_section(data.get("paired", []), h)  # the same; nothing if no pair
     lines += [f"{h} Transfer copying", "",
               "The best model of a copying run, tested without training on fresh sequences of "
               "a longer delay T' (the paper: 5,000 sequences, seed 555). Each row names the "
