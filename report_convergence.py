@@ -120,15 +120,20 @@ def _seeds(seeds):
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
 
 
-def milestone_text(entry, milestone):
-    """'2 of 3', or '1 of 1 seed at epoch 50 (seeds 1, 2 not there yet)'."""
-    reached, known, waiting = entry["reached"], entry["known"], entry["not_there_yet"]
+def count_text(count, entry, milestone, not_at="yet"):
+    """'2 of 3', or '1 of 1 seed at epoch 50 (seeds 1, 2 not there yet)': ``count`` of the
+    seeds known at ``milestone``, naming those whose run(s) have not got there (``not_at``)."""
+    known, waiting = entry["known"], entry["not_there_yet"]
     if not waiting:
-        return f"{reached} of {known}"
+        return f"{count} of {known}"
     if not known:
-        return f"not known yet ({_seeds(waiting)} not at epoch {milestone} yet)"
-    return (f"{reached} of {known} seed{'' if known == 1 else 's'} at epoch {milestone} "
+        return f"not known yet ({_seeds(waiting)} not at epoch {milestone} {not_at})"
+    return (f"{count} of {known} seed{'' if known == 1 else 's'} at epoch {milestone} "
             f"({_seeds(waiting)} not there yet)")
+
+
+def milestone_text(entry, milestone):
+    return count_text(entry["reached"], entry, milestone)
 
 
 def median_text(summary):

@@ -12,7 +12,7 @@ batches and are not a pair.
 Summarising (``paired_summary``) and markdown (``paired_section``) are separate functions; the
 numbers also go to report.json. Nothing here is averaged over seeds.
 """
-from report_convergence import MILESTONES, _seeds, _table, is_copying
+from report_convergence import MILESTONES, _table, count_text, is_copying
 from report_runs import SOLVED, completeness
 
 PAIR_EPOCHS = (25, 50, 100, 200)  # the epochs at which both curves are set side by side
@@ -96,14 +96,7 @@ def _pct(value):
 
 
 def ahead_text(entry, milestone):
-    """'1 of 2', or '0 of 1 seed at epoch 200 (seed 1 not there yet)'."""
-    ahead, known, waiting = entry["ahead"], entry["known"], entry["not_there_yet"]
-    if not waiting:
-        return f"{ahead} of {known}"
-    if not known:
-        return f"not known yet ({_seeds(waiting)} not at epoch {milestone} in both runs)"
-    return (f"{ahead} of {known} seed{'' if known == 1 else 's'} at epoch {milestone} "
-            f"({_seeds(waiting)} not there yet)")
+    return count_text(entry["ahead"], entry, milestone, not_at="in both runs")
 
 
 def ahead_from_text(pair):
