@@ -8,9 +8,13 @@ different runs. Measured: ``copying.py --T 100 --seed 3`` gives 17.304 % after e
 AVX2 kernels and 17.39 % with AVX-512 ones, and the runs part for good after that.
 
 ``--numerics portable`` (the default) pins ATen's kernels, MKL's code path and oneDNN's ISA to
-AVX2 before torch is imported, so a CPU run is bit-identical on every x86-64 machine with AVX2
-or AVX-512 and the pinned torch (and on the AVX2 machines that made ``results/`` it changes
-nothing). ``--numerics native`` keeps the machine's fastest kernels and the environment as the
+AVX2 before torch is imported, so a CPU run is bit-identical on x86-64 machines of one CPU
+vendor with AVX2 or AVX-512, the pinned torch and one thread count (and on the AVX2 machines
+that made ``results/`` it changes nothing). Not across vendors: MKL's AVX2 branch sums in
+another order on an Intel Xeon than on an AMD EPYC (measured, also with
+``MKL_CBWR=AVX2,STRICT``), so the fingerprint records the vendor, and a resume on the other
+vendor or with another thread count says it is not bit-identical.
+``--numerics native`` keeps the machine's fastest kernels and the environment as the
 user set it. The choice is read from the command line by ``pin_before_torch`` in a script's
 ``__main__`` block, before its first ``import torch``: torch reads these settings once, when it
 loads, so a process that already runs torch (a test calling ``main(argv)``) keeps what it has,
@@ -35,11 +39,15 @@ ONEDNN_ISA = "AVX2"
 PINNED_VAR = "HDETACH_NUMERICS_PINNED"
 # cuBLAS's reproducible-GEMM workspace, read when CUDA starts (harmless on a CPU machine).
 CUBLAS_WORKSPACE = ":4096:8"
-# What must agree for a resumed run to continue the same arithmetic. The CPU model and the
-# thread count are recorded but not compared: pinned kernels give the same numbers on any
-# x86-64 CPU with AVX2, and 1 and 2 threads agree bit for bit (measured; tests/test_numerics.py).
+# What must agree for a resumed run to continue the same arithmetic; on the CPU also the vendor
+# and the thread count (``arithmetic_changes``). The CPU model is recorded but not compared:
+# pinned kernels give the same numbers on CPUs of one vendor with AVX2 at one thread count.
+# MKL's AVX2 branch promises no more: on an Intel Xeon 1 and 2 threads sum in other orders
+# (on an AMD EPYC they happened to agree); measured, tests/test_numerics.py.
 ARITHMETIC_KEYS = ("mode", "device_type", "aten_capability", "mkl_cbwr", "torch", "gpu_name",
                    "tf32")
+# /proc/cpuinfo's vendor_id, and the word a CPU's model name carries, per vendor.
+VENDORS = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}
 
 
 def mode_from_argv(argv):
@@ -75,6 +83,30 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_vendor_here():
+    """This machine's CPU vendor (``Intel``, ``AMD``, another vendor_id as it is), or None."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                    return VENDORS.get(vendor, vendor)
+    except OSError:
+        pass
+    return cpu_vendor({"cpu": cpu_model()})
+
+
+def cpu_vendor(record):
+    """The CPU vendor a fingerprint names: its ``cpu_vendor``, or for a record written before
+    that key existed the vendor its CPU model name carries; None when neither tells."""
+    if not record:
+        return None
+    if record.get("cpu_vendor"):
+        return record["cpu_vendor"]
+    model = record.get("cpu") or ""
+    return next((name for name in VENDORS.values() if name.lower() in model.lower()), None)
 
 
 def is_x86_64():
@@ -116,7 +148,8 @@ def pin_before_torch(argv, environ=None):
 def add_numerics_flag(parser):
     parser.flag("--numerics", choices=MODES, default=DEFAULT_MODE,
                 help="portable (default): CPU kernels pinned to AVX2 on x86-64, so a seed gives "
-                     "the same run bit for bit on any x86-64 machine with AVX2 or AVX-512; "
+                     "the same run bit for bit on x86-64 machines of one CPU vendor (Intel or "
+                     "AMD) with AVX2 or AVX-512, at one thread count; "
                      "native: this machine's fastest kernels, whose numbers may differ from "
                      "another machine's after a few epochs (the same seed is then another run)")
 
@@ -148,6 +181,7 @@ def fingerprint(mode, device):
         "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "threads": torch.get_num_threads(),
         "cpu": cpu_model(),
+        "cpu_vendor": cpu_vendor_here(),
         "machine": platform.machine(),
         "torch": str(torch.__version__),
         "numpy": np.__version__,
@@ -202,15 +236,29 @@ def arithmetic_changes(before, after):
     empty when ``before`` is missing (a run made before fingerprints existed)."""
     if not before:
         return []
-    return [f"{key}: {before.get(key)} -> {after.get(key)}" for key in ARITHMETIC_KEYS
-            if before.get(key) != after.get(key)]
+    changes = [f"{key}: {before.get(key)} -> {after.get(key)}" for key in ARITHMETIC_KEYS
+               if before.get(key) != after.get(key)]
+    if before.get("device_type") != "cpu" or after.get("device_type") != "cpu":
+        return changes
+    # MKL's pinned branch still sums in another order on another vendor's CPU, or with another
+    # number of threads (measured).
+    vendors = cpu_vendor(before), cpu_vendor(after)
+    if None not in vendors and vendors[0] != vendors[1]:
+        changes.append(f"cpu_vendor: {vendors[0]} -> {vendors[1]}")
+    threads = before.get("threads"), after.get("threads")
+    if None not in threads and threads[0] != threads[1]:
+        changes.append(f"threads: {threads[0]} -> {threads[1]}")
+    return changes
 
 
 def describe(record):
-    """A short label of a fingerprint for tables: ``portable (AVX2)``, ``native (AVX512)``."""
+    """A short label of a fingerprint for tables: ``portable (AVX2, AMD)``, ``native (AVX512,
+    Intel)``; the vendor only where the record names it (CPU arithmetic is per vendor)."""
     if not record:
         return "unrecorded"
-    label = f"{record.get('mode')} ({record.get('aten_capability')})"
+    vendor = cpu_vendor(record) if record.get("device_type") != "cuda" else None
+    label = f"{record.get('mode')} ({record.get('aten_capability')}" \
+            + (f", {vendor})" if vendor else ")")
     if record.get("device_type") == "cuda":
         label += f" {record.get('gpu_name')}"
     return label
