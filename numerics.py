@@ -62,40 +62,31 @@ def mode_from_argv(argv):
     return mode
 
 
-def cpu_flags():
-    """The CPU's feature flags where the system lists them (Linux), else an empty set."""
+def _cpuinfo(*fields):
+    """The value of the first /proc/cpuinfo line naming one of ``fields`` (Linux), or None."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
+                if line.startswith(fields):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_flags():
+    """The CPU's feature flags where the system lists them (Linux), else an empty set."""
+    return set((_cpuinfo("flags", "Features") or "").split())
+
+
+def cpu_model():
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_vendor_here():
     """This machine's CPU vendor (``Intel``, ``AMD``, another vendor_id as it is), or None."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("vendor_id"):
-                    vendor = line.split(":", 1)[1].strip()
-                    return VENDORS.get(vendor, vendor)
-    except OSError:
-        pass
-    return cpu_vendor({"cpu": cpu_model()})
+    vendor = _cpuinfo("vendor_id")
+    return VENDORS.get(vendor, vendor) if vendor else cpu_vendor({"cpu": cpu_model()})
 
 
 def cpu_vendor(record):

@@ -27,7 +27,7 @@ TINY = ["--T", "6", "--train-size", "60", "--test-size", "40", "--batch_size", "
 # both, and yet MKL's AVX2 branch sums in another order on each vendor's CPUs, so the numbers
 # are the same bit for bit on machines of one vendor, not across vendors (also measured with
 # MKL_CBWR=AVX2,STRICT). A vendor without a measured value still checks that the pin, not the
-# thread count or the user's environment, decides the numbers.
+# user's environment, decides the numbers.
 GOLDEN_RUN = ["--T", "20", "--batch-size", "100", "--train-size", "1000", "--test-size", "200",
               "--n-epochs", "1", "--anneal-p", "0", "--p-detach", "0.25", "--seed", "3",
               "--rng", "kit", "--device", "cpu"]
