@@ -11,6 +11,7 @@ import textwrap
 
 from report_refs import PAPER, REPRO, references
 from report_runs import SOLVED, completeness, experiment_order, setting_order
+from report_text import table
 
 MILESTONES = (50, 100, 200)  # "seeds that reached 99 % by epoch M"
 CDETACH_CROSS = 40.0  # the reproduction's c-detach statement: "did not cross 40 % in 200 epochs"
@@ -110,12 +111,6 @@ def cdetach_pairs(settings):
 
 # ----------------------------------------------------------------------------- markdown
 
-def _table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |"
-                    for row in rows]
-
-
 def _seeds(seeds):
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
 
@@ -185,11 +180,11 @@ def convergence_section(settings, h, milestones=MILESTONES):
              f"over all the setting's seeds, and only where they determine it (every seed that "
              f"has not converged has run past it); no mean is taken over seeds that have not "
              f"converged.", ""]
-    lines += _table(["experiment", "setting", "seeds",
+    lines += table(["experiment", "setting", "seeds",
                      *(f"reached {SOLVED:g} % by epoch {m}" for m in milestones),
                      "median first epoch", "runs (state, epochs done / planned)"], rows)
     lines += ["", "Per seed:", ""]
-    lines += _table(["experiment", "setting", "seed", "run (epochs done / planned)",
+    lines += table(["experiment", "setting", "seed", "run (epochs done / planned)",
                      f"first epoch at >= {SOLVED:g} %", "best valid acc. (%) and its epoch"],
                     per_seed)
     return lines + [""]
@@ -224,7 +219,7 @@ def cdetach_section(settings, h):
                                            "epochs": member["epochs"],
                                            "final": member["final"]})])
         ours.append(cdetach_sentence(setting, run, partner, common))
-    lines += _table(["setting", "seed", "run (epochs done / planned)",
+    lines += table(["setting", "seed", "run (epochs done / planned)",
                      "valid acc. (%) at the epoch both runs have done", "best valid acc. (%)",
                      f"first epoch above {CDETACH_CROSS:g} %",
                      f"first epoch at >= {SOLVED:g} %"], rows)

@@ -6,6 +6,7 @@ from report_paired import paired_section
 from report_refs import MAIN_EXPERIMENTS, PAPER, REFERENCE, SOURCES, TRANSFER_T, references, \
     reference_settings
 from report_runs import SOLVED, completeness, experiment_order, is_ablation, setting_order
+from report_text import pct, table
 from runfolder import atomic_write
 from utils import UsageError
 
@@ -13,10 +14,6 @@ BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
 
 
 # ----------------------------------------------------------------------------- markdown
-
-def pct(value):
-    return "—" if value is None else f"{value:.2f}"
-
 
 def stat_text(stat):
     if stat["n"] == 0:
@@ -53,13 +50,6 @@ def ref_texts(experiment, setting):
         return "—"
     return "; ".join(f"{ref.source}: {ref.text}"
                      for ref in references(experiment, setting["base"])) or "—"
-
-
-def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |"
-              for row in rows]
-    return lines
 
 
 def other_refs(experiment, base, curves):

@@ -12,8 +12,9 @@ batches and are not a pair.
 Summarising (``paired_summary``) and markdown (``paired_section``) are separate functions; the
 numbers also go to report.json. Nothing here is averaged over seeds.
 """
-from report_convergence import MILESTONES, _table, count_text, is_copying
+from report_convergence import MILESTONES, count_text, is_copying
 from report_runs import SOLVED, completeness
+from report_text import pct, table
 
 PAIR_EPOCHS = (25, 50, 100, 200)  # the epochs at which both curves are set side by side
 # Arguments that do not change what a vanilla run (p <= 0) trains: with nothing detached, which
@@ -91,10 +92,6 @@ def paired_summaries(settings):
 
 # ----------------------------------------------------------------------------- markdown
 
-def _pct(value):
-    return "—" if value is None else f"{value:.2f}"
-
-
 def ahead_text(entry, milestone):
     return count_text(entry["ahead"], entry, milestone, not_at="in both runs")
 
@@ -130,18 +127,18 @@ def paired_section(summaries, h, milestones=MILESTONES):
         rows.append([summary["experiment"], f"{summary['hdetach']} vs {summary['vanilla']}",
                      len(summary["seeds"]),
                      *(ahead_text(summary["by_epoch"][str(m)], m) for m in milestones)])
-    lines += _table(["experiment", "settings", "seeds paired",
+    lines += table(["experiment", "settings", "seeds paired",
                      *(f"h-detach ahead at epoch {m}" for m in milestones)], rows)
     rows = []
     for summary in summaries:
         for pair in summary["seeds"]:
             rows.append([summary["experiment"], summary["hdetach"], pair["seed"],
                          f"{pair['hdetach_run']}; {pair['vanilla_run']}",
-                         *(" / ".join(map(_pct, pair["at"][str(e)])) for e in PAIR_EPOCHS),
+                         *(" / ".join(map(pct, pair["at"][str(e)])) for e in PAIR_EPOCHS),
                          f"{pair['ahead_epochs']} of {pair['common_epochs']}",
                          ahead_from_text(pair), solved_pair_text(pair)])
     lines += ["", "Per seed:", ""]
-    lines += _table(["experiment", "h-detach setting", "seed",
+    lines += table(["experiment", "h-detach setting", "seed",
                      "runs (state, epochs done / planned): h-detach; vanilla",
                      *(f"epoch {e}" for e in PAIR_EPOCHS),
                      "epochs h-detach ahead, of those both did", "ahead at every epoch from",
