@@ -5,6 +5,8 @@
                                # 2 CPU cores; it says how long once it has timed a warm-up)
     python bench.py --compare-numerics   # only the fast step, --numerics portable vs native,
                                          # in alternating fresh processes (numerics.py)
+    python bench.py --compare-flush RUN  # a trained run's step (its last.pt) with IEEE
+                                         # denormals vs --flush-denormal, one thread
 
 It prints its progress and each result as it is measured (to stderr, the tables to stdout).
 
@@ -68,6 +70,7 @@ from torch import nn
 
 import model
 from model import HDetachNet
+from utils import UsageError
 
 SHAPES = {
     # name: batch, hidden, steps, classes, p, loss at the last step only
@@ -478,6 +481,71 @@ def compare_numerics(reps, pairs=3):
     return result
 
 
+def compare_flush(folder, reps):
+    """IEEE denormals vs flushed (``--flush-denormal``) on the weights of a trained run.
+
+    Denormals only appear once training has made the gradients vanish (a fresh network has
+    none: the shapes above time the same either way), so this loads ``folder``'s last.pt. Its
+    step is forward, backward and clipping on one batch, alternated between the two modes in
+    this process at one thread (the flag needs one), without Adam's update, so that every rep
+    sees the same weights and the same cut steps. The batch: copying sequences of the run's T;
+    for pixel MNIST, uniform noise of MNIST's shape (the run's data is not loaded). Also says
+    how far the two modes' gradients are apart, relative to the gradient's largest entry.
+    """
+    from runfolder import read_checkpoint
+    from utils import copying_batch, copying_symbols, p_in_force
+    checkpoint = read_checkpoint(os.path.join(folder, "last.pt"))[0]
+    config = checkpoint["config"]
+    net = HDetachNet(**checkpoint["model_config"])
+    net.load_state_dict(checkpoint["model"])
+    data = torch.Generator().manual_seed(0)
+    batch = config["batch_size"]
+    last_only = checkpoint["task"] != "copying"
+    if last_only:
+        x = torch.rand(784, batch, 1, generator=data)
+        y = torch.randint(10, (batch,), generator=data)
+    else:
+        x, y = copying_batch(copying_symbols(batch, data), config["T"])
+        y = y.reshape(-1)
+    p = p_in_force(config["p_detach"], checkpoint["epoch"], config["n_epochs"],
+                   config["anneal_p"])
+    classes = checkpoint["model_config"]["num_classes"]
+
+    def step():
+        net.zero_grad(set_to_none=True)
+        logits = net(x, p=p, generator=torch.Generator().manual_seed(1), last_only=last_only)
+        nn.functional.cross_entropy(logits.reshape(-1, classes), y).backward()
+        grads = torch.cat([q.grad.flatten() for q in net.parameters()])
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        return grads
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times, grads = {False: [], True: []}, {}
+    try:
+        for rep in range(reps + 1):  # the first round is a warm-up
+            for flush in (False, True):
+                torch.set_flush_denormal(flush)
+                start = time.perf_counter()
+                grads[flush] = step()
+                if rep:
+                    times[flush].append(time.perf_counter() - start)
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+    ms = {flush: 1000 * statistics.median(got) for flush, got in times.items()}
+    apart = float((grads[True] - grads[False]).abs().max() / grads[False].abs().max())
+    print(f"\n{folder}: {checkpoint['task']} at epoch {checkpoint['epoch']}, p = {p}, batch "
+          f"{batch}, one thread, {torch.backends.cpu.get_cpu_capability()} kernels; forward + "
+          f"backward + clipping, median of {reps} alternating pairs")
+    print(f"IEEE denormals {ms[False]:.1f} ms, flushed {ms[True]:.1f} ms, "
+          f"flushed/IEEE {ms[True] / ms[False]:.3f}; gradients apart by {apart:.2e} of the "
+          "largest entry")
+    sys.stdout.flush()
+    return {"ieee_ms": round(ms[False], 2), "flushed_ms": round(ms[True], 2),
+            "flushed_over_ieee": round(ms[True] / ms[False], 3), "gradients_apart": apart}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repetitions instead of 7")
@@ -488,6 +556,9 @@ def main(argv=None):
     parser.add_argument("--compare-numerics", action="store_true",
                         help="only time the fast step with portable vs native numerics, in "
                              "alternating fresh processes (3 pairs)")
+    parser.add_argument("--compare-flush", metavar="RUN_DIR",
+                        help="only time a trained run's step (RUN_DIR/last.pt) with IEEE "
+                             "denormals vs --flush-denormal, alternated, one thread")
     parser.add_argument("--numerics-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 7)
@@ -496,6 +567,12 @@ def main(argv=None):
         return {}
     if args.compare_numerics:
         return {"numerics": compare_numerics(args.reps or 30)}
+    if args.compare_flush:
+        try:
+            return {"flush": compare_flush(args.compare_flush, args.reps or 10)}
+        except UsageError as error:
+            print(f"bench.py: {error}", file=sys.stderr)
+            return 2
     devices = []
     if args.device in ("all", "cpu"):
         devices.append(torch.device("cpu"))

@@ -50,6 +50,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model import HDetachNet, authors_net, eval_chunk_size
+from numerics import denormals_flushed
 from runfolder import TrainingRun, parse_run_args, write_json
 from utils import (ArgParser, StopSignals, UsageError, add_run_flags, finite_float,
                    non_negative_int, p_in_force, positive_int, report_errors, resolve_device,
@@ -474,7 +475,7 @@ def main(argv=None):
 
     def start():
         args, last, lock = parse_run_args(parser, argv, TASK)
-        with lock:
+        with lock, denormals_flushed(args.flush_denormal, resolve_device(args.device)):
             return run(args, argv, last, lock)
     return report_errors(start)
 

@@ -26,7 +26,7 @@ import torch
 
 from copying import NUM_CLASSES, TASK, evaluate
 from model import HDetachNet
-from numerics import add_numerics_flag, fingerprint, warn_in_process
+from numerics import add_numerics_flag, denormals_flushed, fingerprint, warn_in_process
 from runfolder import now_iso, read_checkpoint, record_transfer
 from utils import (RNG_MODES, ArgParser, StopSignals, UsageError, authors_copying_symbols,
                    copying_symbols, positive_int, report_errors, resolve_device, seed_value)
@@ -132,7 +132,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    return report_errors(lambda: run(args))
+
+    def start():
+        with denormals_flushed(args.flush_denormal, resolve_device(args.device)):
+            return run(args)
+    return report_errors(start)
 
 
 if __name__ == "__main__":

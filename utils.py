@@ -171,10 +171,11 @@ RNG_MODES = ("authors", "kit")
 PREDATED_VALUES = {"rng": "kit"}
 
 # Keys that may differ between a run and its resumption.
-# A change of --device or --numerics is allowed, and said (runfolder.TrainingRun.open): the
-# continuation is then not bit-identical to an uninterrupted run.
+# A change of --device, --numerics or --flush-denormal is allowed, and said
+# (runfolder.TrainingRun.open): the continuation is then not bit-identical to an uninterrupted run.
 RESUMABLE_KEYS = ("device", "impl", "overwrite", "resume", "checkpoint_every", "save_dir",
-                  "num_workers", "data_dir", "download", "until_epoch", "numerics")
+                  "num_workers", "data_dir", "download", "until_epoch", "numerics",
+                  "flush_denormal")
 # Keys that hold for one process only: always taken from its command line.
 PER_PROCESS_KEYS = ("resume", "overwrite", "save_dir", "until_epoch")
 

@@ -1,4 +1,5 @@
-"""bench.py's launch counts (not its timings: speed is read from bench.py, never asserted)."""
+"""bench.py's launch counts and its flush comparison (not their timings: speed is read from
+bench.py, never asserted)."""
 import pytest
 import torch
 
@@ -30,3 +31,23 @@ def test_counts_tell_the_per_step_loop_from_the_fast_path(launches):
     assert 7 <= launches["fast"]["forward_per_step"] < 9
     assert launches["reference"]["forward_per_step"] > launches["fast"]["forward_per_step"] + 4
     assert launches["reference"]["backward_per_step"] > 2 * launches["fast"]["backward_per_step"]
+
+
+def test_compare_flush_times_a_trained_runs_step_both_ways_and_restores_ieee(tmp_path, capsys):
+    import copying
+    import numerics
+    folder = tmp_path / "run"
+    assert copying.main(["--T", "6", "--train-size", "40", "--test-size", "20", "--batch_size",
+                         "20", "--lstm-size", "8", "--n_epochs", "1", "--device", "cpu",
+                         "--save-dir", str(folder)]) == 0
+    threads = torch.get_num_threads()
+    result = bench.main(["--compare-flush", str(folder), "--reps", "2"])["flush"]
+    assert result["ieee_ms"] > 0 and result["flushed_ms"] > 0
+    assert result["flushed_over_ieee"] == round(result["flushed_ms"] / result["ieee_ms"], 3)
+    assert 0 <= result["gradients_apart"] < 1e-3  # one batch of a tiny net: no denormals
+    assert "flushed/IEEE" in capsys.readouterr().out
+    assert torch.get_num_threads() == threads and not numerics.flushes_denormals(torch)
+    # A folder without last.pt: one line, exit status 2.
+    assert bench.main(["--compare-flush", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint at" in err[0]

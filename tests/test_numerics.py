@@ -223,6 +223,75 @@ def test_runs_older_than_the_fingerprint_resume_quietly_unless_the_device_change
     assert "device_type: cuda -> cpu" in capsys.readouterr().err
 
 
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_flush_denormal_is_in_force_recorded_kept_on_resume_and_undone_after(tmp_path, capsys,
+                                                                             one_thread):
+    folder = tmp_path / "run"
+    argv = TINY + ["--n_epochs", "3", "--save-dir", str(folder)]
+    assert copying.main(argv + ["--flush-denormal", "--until-epoch", "1"]) == 0
+    config = json.loads((folder / "config.json").read_text())
+    # The record is read from what the CPU did (a denormal times one gave zero), not the flag.
+    assert config["numerics"]["flush_denormal"] is True
+    assert fingerprint_of(folder / "last.pt")["flush_denormal"] is True
+    assert numerics.describe(config["numerics"]).endswith(", flush denormals)")
+    # The rest of this process has IEEE denormals again.
+    assert not numerics.flushes_denormals(torch)
+    assert torch.tensor(1e-39).mul(1.0).item() != 0.0
+    capsys.readouterr()
+    # A plain --resume (what the stop message says) continues with the run's own flag ...
+    assert copying.main(["--save-dir", str(folder), "--resume", "--until-epoch", "2"]) == 0
+    assert "warning: resuming" not in capsys.readouterr().err
+    config = json.loads((folder / "config.json").read_text())
+    assert config["resumed"][-1]["numerics"]["flush_denormal"] is True
+    # ... and turning it off is allowed, said in one line and recorded.
+    assert copying.main(["--save-dir", str(folder), "--resume", "--no-flush-denormal"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("warning: resuming")]
+    assert len(warnings) == 1 and "flush_denormal: True -> False" in warnings[0]
+    entry = json.loads((folder / "config.json").read_text())["resumed"][-1]
+    assert entry["arithmetic_changed"] == ["flush_denormal: True -> False"]
+    assert fingerprint_of(folder / "last.pt")["flush_denormal"] is False
+
+
+def test_flush_denormal_with_more_threads_is_one_line_and_writes_nothing(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            copying.main(TINY + ["--save-dir", str(tmp_path / "run"), "--flush-denormal"])
+    finally:
+        torch.set_num_threads(threads)
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1
+    assert errors[0].startswith("error: --flush-denormal needs one torch thread (2 here")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    assert not numerics.flushes_denormals(torch)
+
+
+def test_flush_denormal_on_cuda_is_a_note_not_a_flush(capsys):
+    # A CPU run with the flag, resumed on a GPU: it runs, and says the flag does nothing there.
+    with numerics.denormals_flushed(True, torch.device("cuda")):
+        assert not numerics.flushes_denormals(torch)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["note: --flush-denormal is for CPU runs; this cuda run keeps IEEE denormals"]
+
+
+def test_records_from_before_the_flag_ran_with_ieee_denormals():
+    old = {"mode": "portable", "device_type": "cpu", "aten_capability": "AVX2"}
+    assert numerics.arithmetic_changes(old, dict(old, flush_denormal=False)) == []
+    assert numerics.arithmetic_changes(old, dict(old, flush_denormal=True)) == \
+        ["flush_denormal: False -> True"]
+    assert numerics.describe(dict(old, flush_denormal=False)) == "portable (AVX2)"
+
+
 @pytest.mark.parametrize("main", [copying.main, pixelmnist.main, transfer_copy.main])
 def test_bad_numerics_is_one_line(main, tmp_path, capsys):
     argv = ["--numerics", "nonsense"]
