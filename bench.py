@@ -484,8 +484,8 @@ def compare_numerics(reps, pairs=3):
 def compare_flush(folder, reps):
     """IEEE denormals vs flushed (``--flush-denormal``) on the weights of a trained run.
 
-    Denormals only appear once training has made the gradients vanish (a fresh network has
-    none: the shapes above time the same either way), so this loads ``folder``'s last.pt. Its
+    Copying has denormals only once training has made its gradients vanish (pixel MNIST's
+    single loss at step 784 has them from the first step), so this loads ``folder``'s last.pt. Its
     step is forward, backward and clipping on one batch, alternated between the two modes in
     this process at one thread (the flag needs one), without Adam's update, so that every rep
     sees the same weights and the same cut steps. The batch: copying sequences of the run's T;
