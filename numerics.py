@@ -148,8 +148,8 @@ def add_numerics_flag(parser):
     parser.flag("--flush-denormal", action=argparse.BooleanOptionalAction, default=False,
                 help="CPU, one torch thread: treat denormal floats as zero (FTZ/DAZ); faster "
                      "where the LSTM's gradients vanish into denormals (up to 3-4x per step "
-                     "on an Intel Xeon: trained copying, pixel MNIST), but other numbers than the default, so another run "
-                     "of the same seed (default: off)")
+                     "on an Intel Xeon: trained copying, pixel MNIST), but other numbers "
+                     "than the default, so another run of the same seed (default: off)")
 
 
 @contextlib.contextmanager
