@@ -83,8 +83,7 @@ def evaluate(net, symbols, delay, device):
     return loss_sum / (count * steps), 100.0 * correct / (count * 10)
 
 
-def run(args, argv, last, lock=None):
-    device = resolve_device(args.device)
+def run(args, argv, last, device, lock=None):
     if args.train_size < args.batch_size:
         raise UsageError(f"--train-size ({args.train_size}) must be at least --batch-size "
                          f"({args.batch_size})")
@@ -173,8 +172,11 @@ def main(argv=None):
 
     def start():
         args, last, lock = parse_run_args(parser, argv, TASK)
-        with lock, denormals_flushed(args.flush_denormal, resolve_device(args.device)):
-            return run(args, argv, last, lock)
+        with lock:
+            # Resolved once, here: the denormal setting and the run need the same device.
+            device = resolve_device(args.device)
+            with denormals_flushed(args.flush_denormal, device):
+                return run(args, argv, last, device, lock)
     return report_errors(start)
 
 

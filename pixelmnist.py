@@ -337,8 +337,7 @@ def evaluate(net, split, pixel_order, batch_size):
     return loss_sum / count, 100.0 * correct / count
 
 
-def run(args, argv, last, lock=None):
-    device = resolve_device(args.device)
+def run(args, argv, last, device, lock=None):
     # Every input is checked (data present, readable, large enough, the same as the stored
     # run's) before TrainingRun.open clears or touches the run folder.
     train_file, test_file = load_mnist(args.data_dir, args.download)
@@ -475,8 +474,11 @@ def main(argv=None):
 
     def start():
         args, last, lock = parse_run_args(parser, argv, TASK)
-        with lock, denormals_flushed(args.flush_denormal, resolve_device(args.device)):
-            return run(args, argv, last, lock)
+        with lock:
+            # Resolved once, here: the denormal setting and the run need the same device.
+            device = resolve_device(args.device)
+            with denormals_flushed(args.flush_denormal, device):
+                return run(args, argv, last, device, lock)
     return report_errors(start)
 
 

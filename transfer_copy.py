@@ -96,8 +96,7 @@ def describe_checkpoint(checkpoint, path):
             f"T={checkpoint['config'].get('T')}, {where}, {shown})")
 
 
-def run(args):
-    device = resolve_device(args.device)
+def run(args, device):
     numerics = fingerprint(args.numerics, device)
     warn_in_process(numerics)
     net, checkpoint, path, digest = load_model(args.model_dir, device)
@@ -134,8 +133,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def start():
-        with denormals_flushed(args.flush_denormal, resolve_device(args.device)):
-            return run(args)
+        device = resolve_device(args.device)
+        with denormals_flushed(args.flush_denormal, device):
+            return run(args, device)
     return report_errors(start)
 
 
