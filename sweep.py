@@ -100,6 +100,10 @@ def build_parser():
     until_flag(run)
     run.flag("--retry-failed", action="store_true",
              help="resume runs that failed before (default: report them and leave them)")
+    run.flag("--flush-denormal", action="store_true",
+             help="CPU: pass --flush-denormal to every run (faster on CPUs that slow down on "
+                  "denormal floats, but other numbers than without it: README, 'Denormals'); "
+                  "one torch thread per run, the default with it")
     command("status", "a table of every run of the grid: state, epochs, best accuracy",
             data=False)
     slurm = command("slurm", "submit one SLURM job array, one task per unfinished run")
@@ -131,10 +135,11 @@ def build_parser():
 class Plan:
     """A grid under a root: what each run needs (``state``) and the command that does it."""
 
-    def __init__(self, grid, root, until_epoch=None, known=None, data_args=()):
+    def __init__(self, grid, root, until_epoch=None, known=None, data_args=(), run_args=()):
         self.grid, self.root = grid, root
         self.known = known or GRIDS
         self.data_args = list(data_args)  # --data-dir / --no-download for MNIST runs
+        self.run_args = list(run_args)  # --flush-denormal: for every run, training or transfer
         self.until = until_epoch if until_epoch is not None else grid.until_epoch
         self.by_name = {run.name: run for run in grid.runs}
 
@@ -223,7 +228,7 @@ class Plan:
             script = os.path.relpath(script)
         folder = self.folder(run)
         if run.is_transfer:
-            return [python, script, "--model-dir", folder, *run.args]
+            return [python, script, "--model-dir", folder, *run.args, *self.run_args]
         extra = {"resume": ["--resume"], "failed": ["--resume"],
                  "restart": ["--overwrite"]}.get(state, [])
         planned = _flag_value(run, "--n-epochs")
@@ -232,7 +237,8 @@ class Plan:
         until = ["--until-epoch", str(self.until)] if self.until is not None and (
             planned is None or self.until < planned) else []
         data = self.data_args if run.script == "pixelmnist.py" else []
-        return [python, script, *run.args, "--save-dir", folder, *extra, *until, *data]
+        return [python, script, *run.args, "--save-dir", folder, *extra, *until, *data,
+                *self.run_args]
 
 
 def _flag_value(run, flag):
@@ -270,7 +276,9 @@ def open_plan(args):
         raise UsageError(err.args[0]) from None
     if os.path.exists(args.root) and not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root} exists and is not a folder")
-    return Plan(grid, args.root, getattr(args, "until_epoch", None), known, data_args(args))
+    run_args = ["--flush-denormal"] if getattr(args, "flush_denormal", False) else []
+    return Plan(grid, args.root, getattr(args, "until_epoch", None), known, data_args(args),
+                run_args)
 
 
 def data_args(args):
@@ -592,10 +600,14 @@ class LocalSweep:
 
 def cmd_run(args):
     plan = open_plan(args)
+    if args.flush_denormal and (args.threads or 1) != 1:
+        # Checked here, before any run starts: each run would refuse it on its own.
+        raise UsageError(f"--flush-denormal needs --threads 1 (not {args.threads}): torch "
+                         "flushes denormals on its main thread only")
     os.makedirs(plan.root, exist_ok=True)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         (os.cpu_count() or 1)
-    threads = args.threads or max(1, cores // args.jobs)
+    threads = 1 if args.flush_denormal else args.threads or max(1, cores // args.jobs)
     sweep = LocalSweep(plan, args.jobs, threads, args.time_limit, args.retry_failed)
     print(f"{plan.grid.name}: {len(plan.grid.runs)} runs under {plan.root}, {args.jobs} at a "
           f"time, {threads} torch thread(s) each"
@@ -611,7 +623,7 @@ def cmd_run(args):
                        + (["--time-limit", duration_text(args.time_limit)]
                           if args.time_limit else [])
                        + (["--retry-failed"] if args.retry_failed else [])
-                       + plan.data_args)
+                       + plan.run_args + plan.data_args)
     if sweep.stop_reason:
         saved = [name for name in sweep.stopped if name not in sweep.unsaved]
         what = "every run saved its state" if not sweep.unsaved else (

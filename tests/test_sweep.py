@@ -354,6 +354,8 @@ def test_a_failed_run_is_reported_and_the_others_finish(grid_file, tmp_path, cap
     (["run", "smoke", "--max-parallel", "2"], "unrecognized arguments"),
     (["slurm", "smoke", "--time", "2h"], "HH:MM:SS"),
     (["run", "smoke", "--grids", "missing.py"], "no such file"),
+    (["run", "smoke", "--flush-denormal", "--threads", "2"], "needs --threads 1 (not 2)"),
+    (["list", "smoke", "--flush-denormal"], "unrecognized arguments: --flush-denormal"),
 ])
 def test_bad_input_is_one_line_and_starts_nothing(tmp_path, capsys, monkeypatch, argv,
                                                   contains):
@@ -537,7 +539,7 @@ def test_the_continue_line_repeats_every_flag_and_says_what_was_not_saved(
     monkeypatch.chdir(tmp_path)
     argv = ["run", "mnist", "--root", "runs", "--grids", str(grid_file), "--jobs", "2",
             "--threads", "1", "--until-epoch", "3", "--time-limit", "2h30m", "--retry-failed",
-            "--data-dir", str(tmp_path / "data"), "--no-download"]
+            "--flush-denormal", "--data-dir", str(tmp_path / "data"), "--no-download"]
     assert run_sweep(*argv) == 0
     out = capsys.readouterr().out
     again = out.split("Continue with:\n")[1].splitlines()[0].split()
@@ -548,6 +550,25 @@ def test_the_continue_line_repeats_every_flag_and_says_what_was_not_saved(
     assert "every run saved its state" not in out
     assert "0 run(s) saved their state; 1 stopped before their first checkpoint and will " \
            "start again: m/p0.25_s1" in out
+
+
+def test_flush_denormal_reaches_every_run_with_one_thread_and_is_recorded(grid_file, tmp_path,
+                                                                          capsys):
+    root = tmp_path / "runs"
+    # No --threads: one thread each, whatever the cores (torch flushes on one thread only).
+    assert run_sweep("run", "pair", "--root", root, "--grids", grid_file, "--jobs", 2,
+                     "--flush-denormal") == 0
+    out = capsys.readouterr().out
+    assert "2 at a time, 1 torch thread(s) each" in out
+    folder = root / "c" / "T6_p0.5_s5"
+    logs = (folder / "train.log").read_text() + (folder / "transfer.log").read_text()
+    headers = [line for line in logs.splitlines() if line.startswith("== ")]
+    assert len(headers) == 2 and all(line.endswith(" --flush-denormal") for line in headers)
+    # What the runs did, not what they were told: read from the CPU by each script.
+    config = json.loads((folder / "config.json").read_text())
+    assert config["numerics"]["flush_denormal"] is True
+    measured = json.loads((folder / "transfer.json").read_text())
+    assert measured["numerics"]["flush_denormal"] is True
 
 
 def test_until_epoch_past_a_runs_end_is_not_passed_to_it(tmp_path):
