@@ -28,11 +28,10 @@ from torch import nn
 from tqdm import tqdm
 
 from model import HDetachNet, authors_net, eval_chunk_size
-from numerics import denormals_flushed
-from runfolder import TrainingRun, parse_run_args
+from runfolder import TrainingRun, training_main
 from utils import (ArgParser, StopSignals, UsageError, add_run_flags, authors_copying_symbols,
                    copying_batch, copying_symbols, finite_float, p_in_force, positive_int,
-                   report_errors, resolve_device, set_seed)
+                   set_seed)
 
 TASK = "copying"
 NUM_CLASSES = 9
@@ -168,16 +167,7 @@ def run(args, argv, last, device, lock=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-
-    def start():
-        args, last, lock = parse_run_args(parser, argv, TASK)
-        with lock:
-            # Resolved once, here: the denormal setting and the run need the same device.
-            device = resolve_device(args.device)
-            with denormals_flushed(args.flush_denormal, device):
-                return run(args, argv, last, device, lock)
-    return report_errors(start)
+    return training_main(build_parser(), argv, TASK, run)
 
 
 if __name__ == "__main__":

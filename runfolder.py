@@ -33,11 +33,11 @@ import time
 import numpy as np
 import torch
 
-from numerics import arithmetic_changes, fingerprint, warn_in_process
+from numerics import arithmetic_changes, denormals_flushed, fingerprint, warn_in_process
 from numerics import describe as describe_numerics
 from utils import (PREDATED_VALUES, NothingToDo, RunStopped, UsageError, explicit_keys,
-                   merge_resume_args, restore_rng_states, rng_states,
-                   warn_if_annealing_dominates)
+                   merge_resume_args, report_errors, resolve_device, restore_rng_states,
+                   rng_states, warn_if_annealing_dominates)
 
 CHECKPOINT_FORMAT = "h-detach-checkpoint/1"
 # Files a run folder may hold; their presence marks a folder as holding a run.
@@ -577,6 +577,19 @@ def parse_run_args(parser, argv, task):
         lock.release()
         raise
     return args, last, lock
+
+
+def training_main(parser, argv, task, run):
+    """A training script's ``main``: parse ``argv`` and take the run folder's lock
+    (``parse_run_args``), resolve ``--device`` once, and call ``run(args, argv, last, device,
+    lock)`` with denormals as ``--flush-denormal`` asks; a user's mistake is one line."""
+    def start():
+        args, last, lock = parse_run_args(parser, argv, task)
+        with lock:
+            device = resolve_device(args.device)
+            with denormals_flushed(args.flush_denormal, device):
+                return run(args, argv, last, device, lock)
+    return report_errors(start)
 
 
 class TrainingRun:
