@@ -38,8 +38,10 @@ has_avx2 = numerics.is_x86_64() and "avx2" in numerics.cpu_flags()
 
 
 def script_run(tmp_path, name, mode, threads, aten=None):
-    """Run the golden configuration as a user would (a fresh interpreter), with a user's own
-    ATEN_CPU_CAPABILITY in the environment when ``aten`` is given; its epoch-1 losses."""
+    """Start the golden configuration as a user would (a fresh interpreter), with a user's own
+    ATEN_CPU_CAPABILITY in the environment when ``aten`` is given. Returns a function that
+    waits for it and gives its epoch-1 losses and numerics record (the runs go side by side:
+    each is one thread, and they are independent)."""
     env = {key: value for key, value in os.environ.items()
            if key not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA",
                           numerics.PINNED_VAR)}
@@ -47,19 +49,26 @@ def script_run(tmp_path, name, mode, threads, aten=None):
     if aten:
         env["ATEN_CPU_CAPABILITY"] = aten
     folder = tmp_path / name
-    done = subprocess.run([sys.executable, str(ROOT / "copying.py"), *GOLDEN_RUN, "--numerics",
-                           mode, "--save-dir", str(folder)], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    row = runfolder.read_metrics(str(folder / "metrics.csv"))[0]
-    config = json.loads((folder / "config.json").read_text())
-    return row["train_loss"], row["valid_loss"], config["numerics"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "copying.py"), *GOLDEN_RUN, "--numerics",
+                             mode, "--save-dir", str(folder)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def outcome():
+        _, err = proc.communicate()
+        assert proc.returncode == 0, err
+        row = runfolder.read_metrics(str(folder / "metrics.csv"))[0]
+        config = json.loads((folder / "config.json").read_text())
+        return row["train_loss"], row["valid_loss"], config["numerics"]
+    return outcome
 
 
 @pytest.mark.skipif(not has_avx2, reason="portable numerics pin AVX2 kernels: x86-64 with AVX2")
 def test_the_pin_decides_the_numbers(tmp_path):
+    runs = {name: script_run(tmp_path, name, mode, threads=1, aten=aten) for name, mode, aten in
+            (("portable", "portable", None), ("portable_env", "portable", "default"),
+             ("native", "native", "default"), ("native_best", "native", None))}
     # Portable: this vendor's golden value, bit for bit, with one thread ...
-    portable = script_run(tmp_path, "portable", "portable", threads=1)
+    portable = runs["portable"]()
     record = portable[2]
     assert record["mode"] == "portable" and record["aten_capability"] == "AVX2"
     assert record["portable"] is True and record["threads"] == 1
@@ -67,16 +76,14 @@ def test_the_pin_decides_the_numbers(tmp_path):
     if record["cpu_vendor"] in GOLDEN:
         assert portable[:2] == GOLDEN[record["cpu_vendor"]]
     # ... also when the user's environment asks for unvectorised kernels (the pin wins).
-    train, valid, record = script_run(tmp_path, "portable_env", "portable", threads=1,
-                                      aten="default")
+    train, valid, record = runs["portable_env"]()
     assert (train, valid) == portable[:2] and record["aten_capability"] == "AVX2"
     # Native mode honours that environment (unvectorised kernels) or, without it, runs the
     # machine's best: other kernels, and in at least one of the two other numbers (which one
     # depends on the CPU: on an Intel Xeon the unvectorised kernels happen to give these bits).
-    unvectorised, _, record = script_run(tmp_path, "native", "native", threads=1,
-                                         aten="default")
+    unvectorised, _, record = runs["native"]()
     assert record["mode"] == "native" and record["aten_capability"] == "DEFAULT"
-    best, _, record = script_run(tmp_path, "native_best", "native", threads=1)
+    best, _, record = runs["native_best"]()
     assert record["aten_capability"] == numerics_best_level()
     assert {unvectorised, best} != {portable[0]}
 
