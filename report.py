@@ -17,7 +17,10 @@ and transfer.png (transfer copying accuracy against T', when any run has a trans
 convergence.png (copying: seeds at 99 % against epoch, and every seed's curve, when any copying
 run is there).
 With --readme PATH, the lines between ``<!-- report:begin -->`` and ``<!-- report:end -->`` in
-PATH are replaced by the tables; nothing else in the file changes.
+PATH are replaced by the tables, and, where PATH has them, those between
+``<!-- standing:begin -->`` and ``<!-- standing:end -->`` by the copying runs in sentences
+(report_standing: the sample, the counts at 99 %, the paired comparison, c-detach); nothing
+else in the file changes.
 """
 import json
 import math
@@ -28,6 +31,7 @@ from report_convergence import convergence_figure, convergence_summary
 from report_figures import curves_figure, transfer_figure
 from report_markdown import BEGIN, END, markdown_body, readme_block_lines, write_readme
 from report_paired import paired_summaries
+from report_standing import BEGIN as STANDING_BEGIN, END as STANDING_END, readme_paragraphs
 from report_refs import REFERENCE, SOURCES, TRANSFER_T  # noqa: F401 (part of report's API)
 from report_runs import (SOLVED, base_label, best_of, experiment_name,  # noqa: F401
                          group_settings, load_runs, normalise_args, summarise)
@@ -36,7 +40,8 @@ from utils import ArgParser, UsageError, report_errors
 
 # The report is split into modules: report_refs (reference numbers, as data), report_runs
 # (reading and summarising runs), report_markdown (tables, README block), report_figures,
-# report_convergence (copying seeds at 99 %) and report_paired (h-detach vs vanilla per seed).
+# report_convergence (copying seeds at 99 %), report_paired (h-detach vs vanilla per seed) and
+# report_standing (the copying runs in sentences).
 
 
 # ----------------------------------------------------------------------------- main
@@ -84,7 +89,8 @@ def build_parser():
                      "own event files are not there (results/ does not commit them)")
     parser.flag("--readme", default=None, metavar="PATH",
                 help=f"also replace the lines between {BEGIN} and {END} in PATH with the "
-                     "report's tables")
+                     f"report's tables, and those between {STANDING_BEGIN} and {STANDING_END} "
+                     "(if there) with the copying runs in sentences")
     return parser
 
 
@@ -97,7 +103,7 @@ def run(args):
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} exists and is not a folder")
     if args.readme:
-        readme_block_lines(args.readme)  # refuse before writing anything
+        readme_block_lines(args.readme, [(STANDING_BEGIN, STANDING_END)])  # refuse first
     if args.tensorboard and os.path.exists(args.tensorboard) and (
             not os.path.isdir(args.tensorboard) or os.listdir(args.tensorboard)):
         raise UsageError(f"--tensorboard {args.tensorboard} must be a new or empty folder (its "
@@ -148,8 +154,10 @@ def run(args):
         written.append(f"{args.tensorboard} (view: tensorboard --logdir {args.tensorboard})")
     if args.readme:
         figure_dir = os.path.relpath(out, os.path.dirname(os.path.abspath(args.readme)))
-        write_readme(args.readme, markdown_body(data, figures, "###", figure_dir, args.root))
-        written.append(args.readme)
+        body = markdown_body(data, figures, "###", figure_dir, args.root, standing=False)
+        standing = readme_paragraphs(settings, data["paired"], args.root)
+        blocks = write_readme(args.readme, body, [(STANDING_BEGIN, STANDING_END, standing)])
+        written.append(args.readme + ("" if len(blocks) == 1 else " (both marked blocks)"))
     print(f"{len(runs)} runs in {len(settings)} settings; written: {', '.join(written)}")
     return 0
 

@@ -111,7 +111,7 @@ def cdetach_pairs(settings):
 
 # ----------------------------------------------------------------------------- markdown
 
-def _seeds(seeds):
+def seeds_text(seeds):
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
 
 
@@ -122,9 +122,9 @@ def count_text(count, entry, milestone, not_at="yet"):
     if not waiting:
         return f"{count} of {known}"
     if not known:
-        return f"not known yet ({_seeds(waiting)} not at epoch {milestone} {not_at})"
+        return f"not known yet ({seeds_text(waiting)} not at epoch {milestone} {not_at})"
     return (f"{count} of {known} seed{'' if known == 1 else 's'} at epoch {milestone} "
-            f"({_seeds(waiting)} not there yet)")
+            f"({seeds_text(waiting)} not there yet)")
 
 
 def milestone_text(entry, milestone):

@@ -6,6 +6,7 @@ from report_paired import paired_section
 from report_refs import MAIN_EXPERIMENTS, PAPER, REFERENCE, SOURCES, TRANSFER_T, references, \
     reference_settings
 from report_runs import SOLVED, completeness, experiment_order, is_ablation, setting_order
+from report_standing import standing_section
 from report_text import pct, table
 from runfolder import atomic_write
 from utils import UsageError
@@ -288,8 +289,9 @@ def numerics_notes(settings):
              "seed\"):", ""] + lines + [""])
 
 
-def markdown_body(data, figures, h, figure_dir, root):
-    """The report's sections (headings at level ``h``), figures linked from ``figure_dir``."""
+def markdown_body(data, figures, h, figure_dir, root, standing=True):
+    """The report's sections (headings at level ``h``), figures linked from ``figure_dir``;
+    ``standing``: open with the copying runs in words (the README has its own block of it)."""
     settings, runs = data["settings_full"], data["runs_full"]
     experiments = sorted({s["experiment"] for s in settings} | set(MAIN_EXPERIMENTS) |
                          {ref.experiment for ref in REFERENCE
@@ -302,6 +304,8 @@ def markdown_body(data, figures, h, figure_dir, root):
              "numbers of runs that have not finished are not final. The references are the "
              "paper's numbers, the authors' README and an independent reproduction report "
              "(see below).", ""]
+    if standing:
+        lines += standing_section(settings, data.get("paired", []), h)
     mnist_main = [e for e in experiments if not is_ablation(e) and not e.startswith("copying")]
     copying_main = [e for e in experiments if not is_ablation(e) and e.startswith("copying")]
     lines += [f"{h} Pixel MNIST and permuted MNIST", "",
@@ -347,25 +351,56 @@ def markdown_body(data, figures, h, figure_dir, root):
 
 # ----------------------------------------------------------------------------- README block
 
-def readme_block_lines(path):
-    """The README's lines and the indices of its two marker lines; a ``UsageError`` when the
-    markers are not there exactly once each, in order."""
+def _read_lines(path):
     try:
         with open(path, newline="") as handle:
-            lines = handle.read().splitlines(keepends=True)
+            return handle.read().splitlines(keepends=True)
     except OSError as err:
         raise UsageError(f"--readme {path}: {err.strerror}") from None
-    begins = [i for i, line in enumerate(lines) if line.strip() == BEGIN]
-    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+
+
+def _marked(lines, path, begin, end, optional):
+    """The indices of ``begin`` and ``end`` among ``lines``; None when ``optional`` and neither
+    is there; a ``UsageError`` when they are not there exactly once each, in order."""
+    begins = [i for i, line in enumerate(lines) if line.strip() == begin]
+    ends = [i for i, line in enumerate(lines) if line.strip() == end]
+    if optional and not begins and not ends:
+        return None
     if len(begins) != 1 or len(ends) != 1 or begins[0] > ends[0]:
-        raise UsageError(f"--readme {path} needs one line {BEGIN} and, after it, one line "
-                         f"{END} around the block to regenerate")
-    return lines, begins[0], ends[0]
+        raise UsageError(f"--readme {path} needs one line {begin} and, after it, one line "
+                         f"{end} around the block to regenerate")
+    return begins[0], ends[0]
 
 
-def write_readme(path, body):
-    lines, begin, end = readme_block_lines(path)
-    newline = "\r\n" if lines[begin].endswith("\r\n") else "\n"
-    block = [line + newline for line in body.rstrip("\n").split("\n")]
-    text = "".join(lines[:begin + 1] + block + lines[end:])
-    atomic_write(path, lambda handle: handle.write(text.encode()))
+def readme_block_lines(path, optional=()):
+    """Check the README before anything is written: its report block's markers must be there
+    exactly once each, in order; each (begin, end) pair in ``optional`` may be absent, but if
+    one of its markers is there, both must be, once, in order, outside the other blocks. A
+    ``UsageError`` otherwise."""
+    lines = _read_lines(path)
+    spans = [_marked(lines, path, BEGIN, END, False)]
+    spans += [_marked(lines, path, begin, end, True) for begin, end in optional]
+    spans = sorted(span for span in spans if span)
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        raise UsageError(f"--readme {path}: its marked blocks overlap")
+    return lines
+
+
+def write_readme(path, body, optional=()):
+    """Replace the lines of the report block with ``body`` and those of each (begin, end,
+    text) of ``optional`` whose markers are there with ``text``, in one atomic write (checked
+    beforehand: readme_block_lines). Returns the begin markers of the blocks written."""
+    lines = _read_lines(path)
+    written = []
+    for begin, end, text, may_lack in [(BEGIN, END, body, False)] + \
+            [(begin, end, text, True) for begin, end, text in optional]:
+        span = _marked(lines, path, begin, end, may_lack)
+        if span is None:
+            continue
+        newline = "\r\n" if lines[span[0]].endswith("\r\n") else "\n"
+        block = [line + newline for line in text.rstrip("\n").split("\n")]
+        lines = lines[:span[0] + 1] + block + lines[span[1]:]
+        written.append(begin)
+    content = "".join(lines)
+    atomic_write(path, lambda handle: handle.write(content.encode()))
+    return written
