@@ -88,6 +88,12 @@ def first_above(run, value):
     return next((at for at, accuracy in run["curve"] if accuracy > value), None)
 
 
+def common_epoch(run, partner):
+    """The epoch a c-detach run and its h-detach partner have both done (the run's own epochs
+    without a partner): they are compared there, not at unequal lengths."""
+    return min(run["epochs"], partner["epochs"]) if partner else run["epochs"]
+
+
 def cdetach_pairs(settings):
     """[(c-detach setting, its run, the h-detach setting of the same arguments or None, that
     setting's run of the same seed or None)] for every c-detach copying run."""
@@ -200,8 +206,7 @@ def cdetach_section(settings, h):
     lines = [f"{h} Copying: c-detach beside h-detach of the same seed", ""]
     rows, ours = [], []
     for setting, run, twin, partner in pairs:
-        # The epoch both runs have done: the comparison is made there, not at unequal lengths.
-        common = min(run["epochs"], partner["epochs"]) if partner else run["epochs"]
+        common = common_epoch(run, partner)
         for member, label in ((run, setting["label"]), (partner, twin and twin["label"])):
             if member is None:
                 rows.append([twin["label"] if twin else "h-detach, same p", run["seed"],
