@@ -65,6 +65,21 @@ def until_flag(parser):
                 help="stop training runs after epoch E (default: the grid's own, if any)")
 
 
+def flush_flag(parser, threads):
+    parser.flag("--flush-denormal", action="store_true",
+                help="CPU: pass --flush-denormal to every run (faster on CPUs that slow down on "
+                     "denormal floats, but other numbers than without it: README, "
+                     f"'Denormals'); {threads}")
+
+
+def one_thread_for_flush(args, flag, value):
+    """torch flushes denormals on its main thread only, so each run of a flushing sweep gets
+    one thread: refused here, before anything starts (each run would refuse it on its own)."""
+    if args.flush_denormal and (value or 1) != 1:
+        raise UsageError(f"--flush-denormal needs {flag} 1 (not {value}): torch flushes "
+                         "denormals on its main thread only")
+
+
 def data_flags(parser):
     parser.flag("--data-dir", default=None, metavar="DIR",
                 help="MNIST runs: the --data-dir each gets (made absolute, so it does not "
@@ -100,10 +115,7 @@ def build_parser():
     until_flag(run)
     run.flag("--retry-failed", action="store_true",
              help="resume runs that failed before (default: report them and leave them)")
-    run.flag("--flush-denormal", action="store_true",
-             help="CPU: pass --flush-denormal to every run (faster on CPUs that slow down on "
-                  "denormal floats, but other numbers than without it: README, 'Denormals'); "
-                  "one torch thread per run, the default with it")
+    flush_flag(run, "one torch thread per run, the default with it")
     command("status", "a table of every run of the grid: state, epochs, best accuracy",
             data=False)
     slurm = command("slurm", "submit one SLURM job array, one task per unfinished run")
@@ -112,10 +124,12 @@ def build_parser():
                help="time limit of each task, HH:MM:SS (default 24:00:00); a task that "
                     "reaches it saves, is requeued and continues")
     slurm.flag("--gpus-per-task", type=non_negative_int, default=1, help="default 1")
-    slurm.flag("--cpus-per-task", type=positive_int, default=4, help="default 4")
+    slurm.flag("--cpus-per-task", type=positive_int, default=None,
+               help="default 4, or 1 with --flush-denormal")
     slurm.flag("--max-parallel", type=positive_int, default=None, metavar="K",
                help="tasks running at once (--array=...%%K)")
     until_flag(slurm)
+    flush_flag(slurm, "one CPU per task, the default with it")
     slurm.flag("--dry-run", action="store_true",
                help="print the batch script and the tasks; submit nothing")
     # What the batch script runs in each array task (internal: no help line).
@@ -126,6 +140,7 @@ def build_parser():
     task.flag("--tasks-file", required=True)
     task.flag("--index", type=int, required=True)
     task.flag("--until-epoch", type=positive_int, default=None)
+    task.flag("--flush-denormal", action="store_true")
     data_flags(task)
     return parser
 
@@ -600,10 +615,7 @@ class LocalSweep:
 
 def cmd_run(args):
     plan = open_plan(args)
-    if args.flush_denormal and (args.threads or 1) != 1:
-        # Checked here, before any run starts: each run would refuse it on its own.
-        raise UsageError(f"--flush-denormal needs --threads 1 (not {args.threads}): torch "
-                         "flushes denormals on its main thread only")
+    one_thread_for_flush(args, "--threads", args.threads)
     os.makedirs(plan.root, exist_ok=True)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         (os.cpu_count() or 1)
@@ -672,7 +684,7 @@ def batch_script(plan, args, tasks_file, count):
         f"#SBATCH --job-name=hdetach-{plan.grid.name}",
         f"#SBATCH --array={array}",
         f"#SBATCH --time={args.time}",
-        f"#SBATCH --cpus-per-task={args.cpus_per_task}",
+        f"#SBATCH --cpus-per-task={cpus_per_task(args)}",
         "#SBATCH --ntasks=1",
         # SIGTERM to this script (B:) ahead of the time limit: the task stops its run cleanly
         # and requeues itself; preemption sends SIGTERM too.
@@ -688,7 +700,8 @@ def batch_script(plan, args, tasks_file, count):
     until = ["--until-epoch", str(plan.until)] if plan.until else []
     grids = ["--grids", os.path.abspath(args.grids)] if args.grids else []
     task = [sys.executable, os.path.join(KIT_DIR, "sweep.py"), "slurm-task", plan.grid.name,
-            "--root", root, "--tasks-file", tasks_file, *grids, *until, *plan.data_args]
+            "--root", root, "--tasks-file", tasks_file, *grids, *until, *plan.data_args,
+            *plan.run_args]
     lines += [
         "",
         "# One task of the array: the runs on line SLURM_ARRAY_TASK_ID of the tasks file.",
@@ -702,8 +715,13 @@ def batch_script(plan, args, tasks_file, count):
     return "\n".join(lines)
 
 
+def cpus_per_task(args):
+    return args.cpus_per_task or (1 if args.flush_denormal else 4)
+
+
 def cmd_slurm(args):
     plan = open_plan(args)
+    one_thread_for_flush(args, "--cpus-per-task", args.cpus_per_task)
     groups = slurm_groups(plan)
     if not groups:
         print(f"nothing to submit: every run of {plan.grid.name} under {plan.root} is done"

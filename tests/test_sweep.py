@@ -355,6 +355,8 @@ def test_a_failed_run_is_reported_and_the_others_finish(grid_file, tmp_path, cap
     (["slurm", "smoke", "--time", "2h"], "HH:MM:SS"),
     (["run", "smoke", "--grids", "missing.py"], "no such file"),
     (["run", "smoke", "--flush-denormal", "--threads", "2"], "needs --threads 1 (not 2)"),
+    (["slurm", "smoke", "--flush-denormal", "--cpus-per-task", "2"],
+     "needs --cpus-per-task 1 (not 2)"),
     (["list", "smoke", "--flush-denormal"], "unrecognized arguments: --flush-denormal"),
 ])
 def test_bad_input_is_one_line_and_starts_nothing(tmp_path, capsys, monkeypatch, argv,
@@ -426,6 +428,23 @@ def test_slurm_dry_run_prints_a_valid_script(smoke_root, tmp_path, capsys):
     assert "#   0: copying/T10_vanilla_s3 copying/T10_vanilla_s3:transfer" in out
     assert run_sweep("slurm", "smoke", "--root", smoke_root, "--dry-run") == 0
     assert "nothing to submit" in capsys.readouterr().out
+
+
+def test_slurm_flush_denormal_gives_one_cpu_and_reaches_every_run(tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert run_sweep("slurm", "smoke", "--root", root, "--dry-run") == 0
+    assert "#SBATCH --cpus-per-task=4\n" in capsys.readouterr().out  # without it: 4
+    assert run_sweep("slurm", "smoke", "--root", root, "--gpus-per-task", 0,
+                     "--flush-denormal", "--dry-run") == 0
+    script = capsys.readouterr().out.split("# tasks")[0]
+    assert "#SBATCH --cpus-per-task=1\n" in script and not root.exists()
+    # The task's own command (what each array task runs) gives every run --flush-denormal.
+    task = shlex.split(next(line for line in script.splitlines() if line.startswith("exec ")))
+    assert task[3] == "slurm-task" and "--flush-denormal" in task
+    args = sweep.build_parser().parse_args([*task[3:task.index("--index")], "--index", "0"])
+    plan = sweep.open_plan(args)
+    for run in plan.grid.runs:
+        assert plan.command(run, "start")[-1] == "--flush-denormal", run.name
 
 
 def test_slurm_without_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
