@@ -722,6 +722,10 @@ def cpus_per_task(args):
 def cmd_slurm(args):
     plan = open_plan(args)
     one_thread_for_flush(args, "--cpus-per-task", args.cpus_per_task)
+    if args.flush_denormal and args.gpus_per_task:
+        print(f"note: --flush-denormal changes only CPU runs, and each task gets "
+              f"{args.gpus_per_task} GPU(s) (--gpus-per-task 0 for a CPU partition)",
+              file=sys.stderr)
     groups = slurm_groups(plan)
     if not groups:
         print(f"nothing to submit: every run of {plan.grid.name} under {plan.root} is done"

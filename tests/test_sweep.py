@@ -436,8 +436,14 @@ def test_slurm_flush_denormal_gives_one_cpu_and_reaches_every_run(tmp_path, caps
     assert "#SBATCH --cpus-per-task=4\n" in capsys.readouterr().out  # without it: 4
     assert run_sweep("slurm", "smoke", "--root", root, "--gpus-per-task", 0,
                      "--flush-denormal", "--dry-run") == 0
-    script = capsys.readouterr().out.split("# tasks")[0]
+    captured = capsys.readouterr()
+    script = captured.out.split("# tasks")[0]
     assert "#SBATCH --cpus-per-task=1\n" in script and not root.exists()
+    assert captured.err == ""
+    # With GPUs asked for (the default), a one-line note: flushing changes only CPU runs.
+    assert run_sweep("slurm", "smoke", "--root", root, "--flush-denormal", "--dry-run") == 0
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "--gpus-per-task 0" in err
     # The task's own command (what each array task runs) gives every run --flush-denormal.
     task = shlex.split(next(line for line in script.splitlines() if line.startswith("exec ")))
     assert task[3] == "slurm-task" and "--flush-denormal" in task
