@@ -72,12 +72,16 @@ def flush_flag(parser, threads):
                      f"'Denormals'); {threads}")
 
 
-def one_thread_for_flush(args, flag, value):
-    """torch flushes denormals on its main thread only, so each run of a flushing sweep gets
-    one thread: refused here, before anything starts (each run would refuse it on its own)."""
-    if args.flush_denormal and (value or 1) != 1:
-        raise UsageError(f"--flush-denormal needs {flag} 1 (not {value}): torch flushes "
+def threads_per_run(args, flag, given, default):
+    """The threads (or SLURM CPUs) each run gets: ``given``, else ``default``. torch flushes
+    denormals on its main thread only, so with --flush-denormal it is 1, and another given
+    count is refused here, before anything starts (each run would refuse it on its own)."""
+    if not args.flush_denormal:
+        return given or default
+    if (given or 1) != 1:
+        raise UsageError(f"--flush-denormal needs {flag} 1 (not {given}): torch flushes "
                          "denormals on its main thread only")
+    return 1
 
 
 def data_flags(parser):
@@ -615,11 +619,10 @@ class LocalSweep:
 
 def cmd_run(args):
     plan = open_plan(args)
-    one_thread_for_flush(args, "--threads", args.threads)
-    os.makedirs(plan.root, exist_ok=True)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         (os.cpu_count() or 1)
-    threads = 1 if args.flush_denormal else args.threads or max(1, cores // args.jobs)
+    threads = threads_per_run(args, "--threads", args.threads, max(1, cores // args.jobs))
+    os.makedirs(plan.root, exist_ok=True)
     sweep = LocalSweep(plan, args.jobs, threads, args.time_limit, args.retry_failed)
     print(f"{plan.grid.name}: {len(plan.grid.runs)} runs under {plan.root}, {args.jobs} at a "
           f"time, {threads} torch thread(s) each"
@@ -675,7 +678,7 @@ def slurm_groups(plan):
     return groups
 
 
-def batch_script(plan, args, tasks_file, count):
+def batch_script(plan, args, tasks_file, count, cpus):
     root = os.path.abspath(plan.root)
     logs = os.path.join(root, SLURM_DIR)
     array = f"0-{count - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
@@ -684,7 +687,7 @@ def batch_script(plan, args, tasks_file, count):
         f"#SBATCH --job-name=hdetach-{plan.grid.name}",
         f"#SBATCH --array={array}",
         f"#SBATCH --time={args.time}",
-        f"#SBATCH --cpus-per-task={cpus_per_task(args)}",
+        f"#SBATCH --cpus-per-task={cpus}",
         "#SBATCH --ntasks=1",
         # SIGTERM to this script (B:) ahead of the time limit: the task stops its run cleanly
         # and requeues itself; preemption sends SIGTERM too.
@@ -715,13 +718,9 @@ def batch_script(plan, args, tasks_file, count):
     return "\n".join(lines)
 
 
-def cpus_per_task(args):
-    return args.cpus_per_task or (1 if args.flush_denormal else 4)
-
-
 def cmd_slurm(args):
     plan = open_plan(args)
-    one_thread_for_flush(args, "--cpus-per-task", args.cpus_per_task)
+    cpus = threads_per_run(args, "--cpus-per-task", args.cpus_per_task, 4)
     if args.flush_denormal and args.gpus_per_task:
         print(f"note: --flush-denormal changes only CPU runs, and each task gets "
               f"{args.gpus_per_task} GPU(s) (--gpus-per-task 0 for a CPU partition)",
@@ -735,7 +734,7 @@ def cmd_slurm(args):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tasks_file = os.path.join(os.path.abspath(plan.root), SLURM_DIR,
                               f"{plan.grid.name}-{stamp}.tasks")
-    script = batch_script(plan, args, tasks_file, len(groups))
+    script = batch_script(plan, args, tasks_file, len(groups), cpus)
     tasks_text = "".join(" ".join(group) + "\n" for group in groups)
     if args.dry_run:
         print(script)
