@@ -139,15 +139,16 @@ def campaign_seeds():
     """The seeds and the ablation beside the seed-3 campaign (results/): copying T = 100,
     seeds 1 and 2 of vanilla / p = 0.25 / p = 0.5, and c-detach p = 0.25 of seed 3, with the
     seed-3 runs' protocol and flags (the kit's streams, --rng kit, as they were started), in
-    stages of --until-epoch (stage 1: epoch 100)."""
+    stages of --until-epoch (stage 1, epoch 100: done for all seven; now stage 2, epoch 200), so
+    that one command continues all of them to the stage in hand."""
     flags = dict(n_epochs=600, anneal_p=40, device="cpu", rng="kit")
     seed1 = [copying_run("copying", 100, p, 1, **flags) for p in (-1, 0.25, 0.5)]
     seed2 = [copying_run("copying", 100, p, 2, **flags) for p in (-1, 0.25, 0.5)]
     ablation = copying_run("ablations", 100, 0.25, 3, detach="c", **flags)
     # Grid order is launch order: seed 1's vanilla and p = 0.25 side by side first.
     return Grid("campaign-seeds", "copying T = 100, seeds 1 and 2 of vanilla / p = 0.25 / "
-                "p = 0.5, and c-detach p = 0.25 of seed 3, on CPU, staged (stage 1: epoch 100 "
-                "of 600)", tuple(seed1 + [ablation] + seed2), until_epoch=100)
+                "p = 0.5, and c-detach p = 0.25 of seed 3, on CPU, staged (stage 1: epoch 100, "
+                "stage 2: epoch 200 of 600)", tuple(seed1 + [ablation] + seed2), until_epoch=200)
 
 
 def smoke():

@@ -131,6 +131,30 @@ def test_smoke_and_campaign_settings():
     assert sum(r.is_transfer for r in campaign.runs) == 3
 
 
+def test_campaign_seeds_pairs_with_the_seed_3_campaign():
+    """Issue 21's runs: the seed-3 campaign's flags and streams, only the seed (and, for the
+    ablation, the detached state) changed, in the folders the paper's grids name."""
+    parse = copying.build_parser().parse_args
+
+    def flags(run):
+        args = vars(parse([*run.args, "--save-dir", "x"]))
+        return {k: v for k, v in args.items() if k not in ("seed", "detach", "p_detach")}
+
+    seeds = grids.get_grid("campaign-seeds")
+    assert len(seeds.runs) == 7 and not any(r.is_transfer for r in seeds.runs)
+    assert seeds.until_epoch in (100, 200)  # stage 1, then stage 2 of 600 planned
+    reference = flags(grids.get_grid("campaign-copying").runs[0])
+    assert reference["rng"] == "kit" and reference["n_epochs"] == 600
+    settings = set()
+    for run in seeds.runs:
+        args = parse([*run.args, "--save-dir", "x"])
+        assert flags(run) == reference, run.name
+        settings.add((args.detach, args.p_detach, args.seed))
+    assert settings == {("h", p, s) for p in (-1, 0.25, 0.5) for s in (1, 2)} | {("c", 0.25, 3)}
+    paper = {r.name for r in grids.get_grid("paper").runs}
+    assert {r.name for r in seeds.runs} <= paper
+
+
 # ----------------------------------------------------------------------------- list, status
 
 def test_list_prints_one_command_per_unfinished_run(smoke_root, tmp_path, capsys):
