@@ -136,19 +136,18 @@ def test_campaign_seeds_pairs_with_the_seed_3_campaign():
     ablation, the detached state) changed, in the folders the paper's grids name."""
     parse = copying.build_parser().parse_args
 
-    def flags(run):
-        args = vars(parse([*run.args, "--save-dir", "x"]))
-        return {k: v for k, v in args.items() if k not in ("seed", "detach", "p_detach")}
+    def flags(args):
+        return {k: v for k, v in vars(args).items() if k not in ("seed", "detach", "p_detach")}
 
     seeds = grids.get_grid("campaign-seeds")
     assert len(seeds.runs) == 7 and not any(r.is_transfer for r in seeds.runs)
     assert seeds.until_epoch in (100, 200)  # stage 1, then stage 2 of 600 planned
-    reference = flags(grids.get_grid("campaign-copying").runs[0])
+    reference = flags(parse([*grids.get_grid("campaign-copying").runs[0].args, "--save-dir", "x"]))
     assert reference["rng"] == "kit" and reference["n_epochs"] == 600
     settings = set()
     for run in seeds.runs:
         args = parse([*run.args, "--save-dir", "x"])
-        assert flags(run) == reference, run.name
+        assert flags(args) == reference, run.name
         settings.add((args.detach, args.p_detach, args.seed))
     assert settings == {("h", p, s) for p in (-1, 0.25, 0.5) for s in (1, 2)} | {("c", 0.25, 3)}
     paper = {r.name for r in grids.get_grid("paper").runs}
