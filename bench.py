@@ -4,7 +4,7 @@
     python bench.py --quick    # fewer repetitions, for a smoke check (several minutes on
                                # 2 CPU cores; it says how long once it has timed a warm-up)
     python bench.py --compare-numerics   # only the fast step, --numerics portable vs native,
-                                         # in alternating fresh processes (numerics.py)
+                                         # in alternating fresh processes (running/numerics.py)
     python bench.py --compare-flush RUN  # a trained run's step (its last.pt) with IEEE
                                          # denormals vs --flush-denormal, one thread
 
@@ -61,8 +61,8 @@ import threading
 import time
 
 if __name__ == "__main__":
-    # Before torch loads: it picks its CPU kernels once, at import (numerics.py, --numerics).
-    import numerics
+    # Before torch loads: it picks its CPU kernels once, at import (running/numerics.py, --numerics).
+    from running import numerics
     numerics.pin_before_torch(sys.argv[1:])
 
 import torch
@@ -70,7 +70,7 @@ from torch import nn
 
 import model
 from model import HDetachNet
-from utils import UsageError
+from running.errors import UsageError
 
 SHAPES = {
     # name: batch, hidden, steps, classes, p, loss at the last step only
@@ -492,8 +492,9 @@ def compare_flush(folder, reps):
     for pixel MNIST, uniform noise of MNIST's shape (the run's data is not loaded). Also says
     how far the two modes' gradients are apart, relative to the gradient's largest entry.
     """
-    from runfolder import read_checkpoint
-    from utils import copying_batch, copying_symbols, p_in_force
+    from copying import copying_batch, copying_symbols
+    from running.annealing import p_in_force
+    from running.runfolder import read_checkpoint
     checkpoint = read_checkpoint(os.path.join(folder, "last.pt"))[0]
     config = checkpoint["config"]
     net = HDetachNet(**checkpoint["model_config"])
@@ -552,7 +553,7 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per candidate")
     parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
     parser.add_argument("--numerics", choices=["portable", "native"], default="portable",
-                        help="the CPU kernels of this process (numerics.py; default portable)")
+                        help="the CPU kernels of this process (running/numerics.py; default portable)")
     parser.add_argument("--compare-numerics", action="store_true",
                         help="only time the fast step with portable vs native numerics, in "
                              "alternating fresh processes (3 pairs)")

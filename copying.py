@@ -8,7 +8,7 @@ delimiter 9, 10 blanks; the network must output blanks and then the 10 symbols i
 draws its batch with replacement; the loss is the cross-entropy at every step. Validation
 accuracy counts the last 10 steps. The run folder gets TensorBoard events, config.json,
 metrics.csv (one row per epoch), state.json, best_model.pt, last.pt (resumable with --resume;
---until-epoch E pauses there) and, at the end, results.json (see runfolder.py).
+--until-epoch E pauses there) and, at the end, results.json (see running/runfolder.py).
 
 --rng authors (default) draws everything as the authors' copying.py does, so --seed N is their
 seed N; --rng kit (every run before the flag) gives every setting of a seed the same data,
@@ -18,8 +18,8 @@ import os
 import sys
 
 if __name__ == "__main__":
-    # Before torch loads: it picks its CPU kernels once, at import (numerics.py, --numerics).
-    import numerics
+    # Before torch loads: it picks its CPU kernels once, at import (running/numerics.py, --numerics).
+    from running import numerics
     numerics.pin_before_torch(sys.argv[1:])
 
 import numpy as np
@@ -27,15 +27,56 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model import HDetachNet, authors_net, eval_chunk_size
-from runfolder import TrainingRun, training_main
-from utils import (ArgParser, StopSignals, UsageError, add_run_flags, authors_copying_symbols,
-                   copying_batch, copying_symbols, finite_float, p_in_force, positive_int,
-                   set_seed)
+from model import HDetachNet, eval_chunk_size
+from running.annealing import p_in_force
+from running.errors import UsageError
+from running.runfolder import TrainingRun, training_main
+from running.seeding import set_seed
+from utils import ArgParser, StopSignals, add_run_flags, authors_net, finite_float, positive_int
 
 TASK = "copying"
 NUM_CLASSES = 9
 COMMAND = "python copying.py"
+
+
+# ----------------------------------------------------------------------------- the data
+
+COPY_BLANK, COPY_DELIMITER, COPY_LENGTH = 0, 9, 10
+
+
+def copying_symbols(n, generator):
+    """The 10 data symbols of ``n`` copying sequences, uniform over 1..8: (n, 10) uint8."""
+    return torch.randint(1, 9, (n, COPY_LENGTH), generator=generator, dtype=torch.uint8)
+
+
+def copying_batch(symbols, delay):
+    """Time-major inputs and targets of the copying task for a (B, 10) block of symbols.
+
+    Inputs (T+20, B, 1) float, one scalar per step: the 10 symbols, T-1 blanks, the delimiter
+    (9), 10 blanks. Targets (T+20, B) long: T+10 blanks (class 0), then the 10 symbols.
+    """
+    batch = symbols.shape[0]
+    steps = delay + 2 * COPY_LENGTH
+    sym = symbols.t().to(torch.long)
+    x = torch.zeros(steps, batch, dtype=torch.long, device=symbols.device)
+    x[:COPY_LENGTH] = sym
+    x[delay + COPY_LENGTH - 1] = COPY_DELIMITER
+    y = torch.zeros(steps, batch, dtype=torch.long, device=symbols.device)
+    y[-COPY_LENGTH:] = sym
+    return x.unsqueeze(-1).float(), y
+
+
+def authors_copying_symbols(n, source=np.random):
+    """The 10 data symbols of ``n`` copying sequences as the authors' ``generator.py`` draws
+    them from numpy's global generator (or ``source``, a ``RandomState``): per sequence
+    ``randint(8, size=10)``, an index into the symbols 1..8. One call for all ``n`` sequences
+    is the same stream as their ``n`` calls. (n, 10) uint8."""
+    return torch.from_numpy((source.randint(8, size=(n, COPY_LENGTH)) + 1).astype(np.uint8))
+
+
+def make_copying_data(n, delay, generator):
+    """``n`` whole copying sequences: inputs (T+20, n, 1) float and targets (T+20, n) long."""
+    return copying_batch(copying_symbols(n, generator), delay)
 
 
 def build_parser():

@@ -40,8 +40,8 @@ import zlib
 from collections import namedtuple
 
 if __name__ == "__main__":
-    # Before torch loads: it picks its CPU kernels once, at import (numerics.py, --numerics).
-    import numerics
+    # Before torch loads: it picks its CPU kernels once, at import (running/numerics.py, --numerics).
+    from running import numerics
     numerics.pin_before_torch(sys.argv[1:])
 
 import numpy as np
@@ -49,10 +49,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model import HDetachNet, authors_net, eval_chunk_size
-from runfolder import TrainingRun, training_main, write_json
-from utils import (ArgParser, StopSignals, UsageError, add_run_flags, finite_float,
-                   non_negative_int, p_in_force, positive_int, set_seed)
+from model import HDetachNet, eval_chunk_size
+from running.annealing import p_in_force
+from running.errors import UsageError
+from running.runfolder import TrainingRun, training_main, write_json
+from running.seeding import set_seed
+from utils import (ArgParser, StopSignals, add_run_flags, authors_net, finite_float,
+                   non_negative_int, positive_int)
 
 TASK = "pixelmnist"
 NUM_CLASSES = 10

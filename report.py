@@ -2,7 +2,7 @@
 
     python report.py results                    # writes results/report.md, report.json, *.png
     python report.py runs --out /tmp/report     # somewhere else
-    python report.py results --readme README.md # also regenerate README.md's marked block
+    python report.py results --readme README.md # also regenerate README.md's standing block
 
 Reads every run folder under ROOT (a folder with a config.json, at any depth; hidden folders
 such as .slurm are skipped): config.json, metrics.csv, results.json once finished,
@@ -16,32 +16,35 @@ programs), valid_accuracy.png (validation accuracy against epoch, one panel per 
 and transfer.png (transfer copying accuracy against T', when any run has a transfer.json);
 convergence.png (copying: seeds at 99 % against epoch, and every seed's curve, when any copying
 run is there).
-With --readme PATH, the lines between ``<!-- report:begin -->`` and ``<!-- report:end -->`` in
-PATH are replaced by the tables, and, where PATH has them, those between
-``<!-- standing:begin -->`` and ``<!-- standing:end -->`` by the copying runs in sentences
-(report_standing: the sample, the counts at 99 %, the paired comparison, c-detach); nothing
-else in the file changes.
+With --readme PATH, PATH's marked blocks are regenerated, whichever it has (at least one): the
+lines between ``<!-- report:begin -->`` and ``<!-- report:end -->`` are replaced by the tables,
+those between ``<!-- standing:begin -->`` and ``<!-- standing:end -->`` by the copying runs in
+sentences (reporting/standing.py: the sample, the counts at 99 %, the paired comparison,
+c-detach); nothing else in the file changes. This kit's README has the sentences only.
 """
 import json
 import math
 import os
 import sys
 
-from report_convergence import convergence_figure, convergence_summary
-from report_figures import curves_figure, transfer_figure
-from report_markdown import BEGIN, END, markdown_body, readme_block_lines, write_readme
-from report_paired import paired_summaries
-from report_standing import BEGIN as STANDING_BEGIN, END as STANDING_END, readme_paragraphs
-from report_refs import REFERENCE, SOURCES, TRANSFER_T  # noqa: F401 (part of report's API)
-from report_runs import (SOLVED, base_label, best_of, experiment_name,  # noqa: F401
-                         group_settings, load_runs, normalise_args, summarise)
-from runfolder import EventLog, RunFolder, atomic_write
-from utils import ArgParser, UsageError, report_errors
+from reporting.convergence import convergence_summary
+from reporting.figures import convergence_figure, curves_figure, transfer_figure
+from reporting.markdown import BEGIN, END, markdown_body, readme_block_lines, write_readme
+from reporting.paired import paired_summaries
+from reporting.refs import REFERENCE, SOURCES, TRANSFER_T  # noqa: F401 (part of report's API)
+from reporting.runs import (SOLVED, base_label, best_of, experiment_name,  # noqa: F401
+                            group_settings, load_runs, normalise_args, summarise)
+from reporting.standing import BEGIN as STANDING_BEGIN, END as STANDING_END, readme_paragraphs
+from running.errors import UsageError, report_errors
+from running.runfolder import EventLog, RunFolder, atomic_write
+from utils import ArgParser
 
-# The report is split into modules: report_refs (reference numbers, as data), report_runs
-# (reading and summarising runs), report_markdown (tables, README block), report_figures,
-# report_convergence (copying seeds at 99 %), report_paired (h-detach vs vanilla per seed) and
-# report_standing (the copying runs in sentences).
+# The report's layers, each importing only those below it (reporting/):
+#   refs (reference numbers, as data)  ->  runs (reading and summarising run folders)
+#   ->  analyses: convergence (copying seeds at 99 %), paired (h-detach vs vanilla per seed),
+#       transfer (which delays to set side by side)
+#   ->  rendering: text (shared words and tables) -> standing (the copying runs in sentences)
+#       -> markdown (tables, README block); figures (PNGs)  ->  this command line.
 
 
 # ----------------------------------------------------------------------------- main
@@ -88,9 +91,10 @@ def build_parser():
                      "(per-epoch scalars) into DIR, a new or empty folder: for runs whose "
                      "own event files are not there (results/ does not commit them)")
     parser.flag("--readme", default=None, metavar="PATH",
-                help=f"also replace the lines between {BEGIN} and {END} in PATH with the "
-                     f"report's tables, and those between {STANDING_BEGIN} and {STANDING_END} "
-                     "(if there) with the copying runs in sentences")
+                help=f"also regenerate PATH's marked blocks, whichever it has (at least one): "
+                     f"the lines between {BEGIN} and {END} become the report's tables, "
+                     f"those between {STANDING_BEGIN} and {STANDING_END} the copying runs in "
+                     "sentences")
     return parser
 
 
@@ -103,7 +107,7 @@ def run(args):
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} exists and is not a folder")
     if args.readme:
-        readme_block_lines(args.readme, [(STANDING_BEGIN, STANDING_END)])  # refuse first
+        readme_block_lines(args.readme, [(BEGIN, END), (STANDING_BEGIN, STANDING_END)])
     if args.tensorboard and os.path.exists(args.tensorboard) and (
             not os.path.isdir(args.tensorboard) or os.listdir(args.tensorboard)):
         raise UsageError(f"--tensorboard {args.tensorboard} must be a new or empty folder (its "
@@ -156,8 +160,10 @@ def run(args):
         figure_dir = os.path.relpath(out, os.path.dirname(os.path.abspath(args.readme)))
         body = markdown_body(data, figures, "###", figure_dir, args.root, standing=False)
         standing = readme_paragraphs(settings, data["paired"], args.root)
-        blocks = write_readme(args.readme, body, [(STANDING_BEGIN, STANDING_END, standing)])
-        written.append(args.readme + ("" if len(blocks) == 1 else " (both marked blocks)"))
+        blocks = write_readme(args.readme, [(BEGIN, END, body),
+                                            (STANDING_BEGIN, STANDING_END, standing)])
+        written.append(args.readme + (" (both marked blocks)" if len(blocks) == 2 else
+                                      " (its tables)" if BEGIN in blocks else " (its sentences)"))
     print(f"{len(runs)} runs in {len(settings)} settings; written: {', '.join(written)}")
     return 0
 

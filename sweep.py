@@ -5,7 +5,7 @@
     python sweep.py status GRID [--root runs]
     python sweep.py slurm  GRID --root DIR [--partition P] [--time HH:MM:SS] [--dry-run] ...
 
-The grids are in grids.py (``python sweep.py list`` without a grid names them). Each run lives
+The grids are in running/grids.py (``python sweep.py list`` without a grid names them). Each run lives
 in ``ROOT/NAME``: a run whose folder holds results.json is done and skipped, one holding last.pt
 is continued with --resume, the others start. Stopping is always clean: at --time-limit, on
 Ctrl-C or SIGTERM every run gets SIGTERM, saves its last.pt and stops; the same command later
@@ -22,10 +22,11 @@ import time
 
 from tqdm import tqdm
 
-from grids import GRIDS, catalog, get_grid
-from runfolder import (DamagedFile, RunFolder, atomic_write, file_sha256,
-                       transfer_measurements)
-from utils import ArgParser, UsageError, non_negative_int, positive_int, report_errors
+from running.errors import UsageError, report_errors
+from running.grids import GRIDS, catalog, get_grid
+from running.runfolder import (DamagedFile, RunFolder, atomic_write, file_sha256,
+                               transfer_measurements)
+from utils import ArgParser, non_negative_int, positive_int
 
 KIT_DIR = os.path.dirname(os.path.abspath(__file__))
 SLURM_DIR = ".slurm"
@@ -102,7 +103,8 @@ def build_parser():
         sub.add_argument("grid", metavar="GRID", help=f"one of: {', '.join(GRIDS)}")
         sub.flag("--root", default="runs", help="where the run folders go (default runs)")
         sub.flag("--grids", default=None, metavar="FILE",
-                 help="a Python file whose GRIDS dict adds grids of your own (see grids.py)")
+                 help="a Python file whose GRIDS dict adds grids of your own (see "
+                      "running/grids.py)")
         if data:
             data_flags(sub)
         return sub

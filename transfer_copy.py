@@ -17,19 +17,21 @@ import os
 import sys
 
 if __name__ == "__main__":
-    # Before torch loads: it picks its CPU kernels once, at import (numerics.py, --numerics).
-    import numerics
+    # Before torch loads: it picks its CPU kernels once, at import (running/numerics.py, --numerics).
+    from running import numerics
     numerics.pin_before_torch(sys.argv[1:])
 
 import numpy as np
 import torch
 
-from copying import NUM_CLASSES, TASK, evaluate
+from copying import NUM_CLASSES, TASK, authors_copying_symbols, copying_symbols, evaluate
 from model import HDetachNet
-from numerics import add_numerics_flag, denormals_flushed, fingerprint, warn_in_process
-from runfolder import now_iso, read_checkpoint, record_transfer
-from utils import (RNG_MODES, ArgParser, StopSignals, UsageError, authors_copying_symbols,
-                   copying_symbols, positive_int, report_errors, resolve_device, seed_value)
+from running.devices import resolve_device
+from running.errors import UsageError, report_errors
+from running.numerics import add_numerics_flag, denormals_flushed, fingerprint, warn_in_process
+from running.resume import RNG_MODES
+from running.runfolder import now_iso, read_checkpoint, record_transfer
+from utils import ArgParser, StopSignals, positive_int, seed_value
 
 
 def build_parser():

@@ -1,54 +1,21 @@
-"""What the experiment scripts share: errors, flags, seeding, devices, the copying data, RNG
-states and clean stops. Everything about a run folder (its files, lock, checkpoints, metrics,
-event log and state) is in ``runfolder.py``.
+"""What the experiment scripts share: their flags (both spellings of every name), the
+authors' initial weights (``--rng authors``) and clean stops on SIGTERM. The run machinery
+below them (errors, arithmetic, devices, random state, annealing, run folders) is the
+``running`` package; the model is ``model.py``.
 
 Nothing here runs on import; every function takes what it needs as arguments.
 """
 import argparse
-import os
-import random
+import math
 import signal
-import sys
 
 import numpy as np
 import torch
+from torch import nn
 
-from numerics import add_numerics_flag, configure_cuda
-
-
-class UsageError(Exception):
-    """A user mistake: reported as one line on stderr, exit status 2, no traceback."""
-    exit_code = 2
-
-
-class RunStopped(Exception):
-    """A run that cannot go on (say, a non-finite loss): one line on stderr, exit status 1."""
-    exit_code = 1
-
-
-class NothingToDo(Exception):
-    """Not an error (say, ``--resume`` of a finished run): the message goes to stdout, status 0."""
-
-
-def report_errors(run):
-    """Call ``run()``; turn our errors into one line on stderr and a ``SystemExit``."""
-    try:
-        code = run()
-        sys.stdout.flush()  # inside the try: a closed pipe shows up here, not at interpreter exit
-        return code
-    except NothingToDo as note:
-        print(note)
-        return 0
-    except (UsageError, RunStopped) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
-    except BrokenPipeError:
-        # The reader went away (``sweep.py status | head``): stop quietly with status 1, as
-        # Python's own docs advise, instead of a traceback. stdout now points at /dev/null so
-        # that the interpreter's last flush of the unwritten rest cannot raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(1) from None
-
+from model import HDetachNet
+from running.numerics import add_numerics_flag
+from running.resume import RNG_MODES
 
 # ----------------------------------------------------------------------------- flags
 
@@ -164,180 +131,48 @@ def add_run_flags(parser, seed, lr, epochs, anneal_p):
     add_numerics_flag(parser)
 
 
-# Where the randomness comes from (--rng): the authors' global streams, or the kit's own.
-RNG_MODES = ("authors", "kit")
-# The value a stored run that predates a flag had in effect: such a run resumes with it (not
-# with today's default). Runs made before --rng drew from the kit's streams.
-PREDATED_VALUES = {"rng": "kit"}
+# ----------------------------------------------------------------------------- the authors' weights
 
-# Keys that may differ between a run and its resumption.
-# A change of --device, --numerics or --flush-denormal is allowed, and said
-# (runfolder.TrainingRun.open): the continuation is then not bit-identical to an uninterrupted run.
-RESUMABLE_KEYS = ("device", "impl", "overwrite", "resume", "checkpoint_every", "save_dir",
-                  "num_workers", "data_dir", "download", "until_epoch", "numerics",
-                  "flush_denormal")
-# Keys that hold for one process only: always taken from its command line.
-PER_PROCESS_KEYS = ("resume", "overwrite", "save_dir", "until_epoch")
+def init_like_authors(net):
+    """Give ``net`` (an ``HDetachNet``) the initial weights the authors' ``Net`` draws, from
+    torch's global generator, consuming exactly the draws theirs does (``--rng authors``).
 
-
-def explicit_keys(parser, argv):
-    """The ``dest`` of every flag given explicitly in ``argv``."""
-    saved = [(action, action.default, action.required) for action in parser._actions]
-    try:
-        for action, _, _ in saved:
-            action.default = argparse.SUPPRESS
-            action.required = False
-        return set(vars(parser.parse_args(argv)))
-    finally:
-        for action, default, required in saved:
-            action.default, action.required = default, required
-
-
-def merge_resume_args(args, given, stored):
-    """Arguments for a resumed run: the stored ones, with the keys that may change taken from
-    the command line. A flag given explicitly that contradicts the stored run is refused."""
-    differing = sorted(key for key in given - set(RESUMABLE_KEYS)
-                       if key in stored and getattr(args, key) != stored[key])
-    unknown = sorted(key for key in given - set(RESUMABLE_KEYS) if key not in stored)
-    if differing or unknown:
-        parts = [f"{key} (run: {stored[key]!r}, given: {getattr(args, key)!r})"
-                 for key in differing] + [f"{key} (not in the run)" for key in unknown]
-        raise UsageError("--resume with arguments that contradict the stored run: "
-                         + ", ".join(parts) + "; drop them or start a new --save-dir")
-    merged = dict(stored)
-    # A key that may change keeps its stored value unless given again (say, --data-dir), so
-    # that the plain `--save-dir X --resume` a stop message suggests continues the same run.
-    merged.update({key: getattr(args, key) for key in RESUMABLE_KEYS
-                   if hasattr(args, key) and (key in given or key not in stored
-                                              or key in PER_PROCESS_KEYS)})
-    return argparse.Namespace(**merged)
-
-
-# ----------------------------------------------------------------------------- seeds, devices
-
-def set_seed(seed):
-    """Seed python's, numpy's and torch's global generators (CUDA included)."""
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name):
-    """``auto`` -> CUDA when present else CPU; ``cuda`` when absent is a usage error. On CUDA
-    the settings that decide GPU arithmetic are made explicit (``numerics.configure_cuda``)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but no CUDA device is available "
-                         "(use --device cpu or auto)")
-    device = torch.device(name)
-    if device.type == "cuda":
-        configure_cuda()
-    return device
-
-
-def epochs_without_detach(n_epochs, anneal_p):
-    """How many of ``n_epochs`` train with full gradients because of annealing."""
-    return sum(p_in_force(1.0, epoch, n_epochs, anneal_p) == 0 for epoch in range(n_epochs))
-
-
-def warn_if_annealing_dominates(args, stream=None):
-    """One warning line when annealing leaves h-detach off for more than half of the run: with
-    the authors' ``--anneal-p 40`` a 20-epoch run never detaches, and nothing else would say so.
-    Returns whether it warned."""
-    if args.p_detach <= 0:
-        return False
-    off = epochs_without_detach(args.n_epochs, args.anneal_p)
-    if 2 * off <= args.n_epochs:
-        return False
-    print(f"warning: {getattr(args, 'detach', 'h')}-detach (--p-detach {args.p_detach}) is off "
-          f"for {off} of the {args.n_epochs} epochs, since --anneal-p {args.anneal_p} switches "
-          "it off for every epoch e > n_epochs - anneal_p; lower --anneal-p to detach for longer",
-          file=stream or sys.stderr, flush=True)
-    return True
-
-
-def p_in_force(p_detach, epoch, n_epochs, anneal_p):
-    """The detach probability used in 0-based ``epoch``: h-detach is switched off (plain BPTT)
-    for every epoch with ``epoch > n_epochs - anneal_p``, as in the authors' scripts."""
-    if p_detach <= 0 or epoch > n_epochs - anneal_p:
-        return 0.0
-    return float(p_detach)
-
-
-# ----------------------------------------------------------------------------- copying data
-
-COPY_BLANK, COPY_DELIMITER, COPY_LENGTH = 0, 9, 10
-
-
-def copying_symbols(n, generator):
-    """The 10 data symbols of ``n`` copying sequences, uniform over 1..8: (n, 10) uint8."""
-    return torch.randint(1, 9, (n, COPY_LENGTH), generator=generator, dtype=torch.uint8)
-
-
-def copying_batch(symbols, delay):
-    """Time-major inputs and targets of the copying task for a (B, 10) block of symbols.
-
-    Inputs (T+20, B, 1) float, one scalar per step: the 10 symbols, T-1 blanks, the delimiter
-    (9), 10 blanks. Targets (T+20, B) long: T+10 blanks (class 0), then the 10 symbols.
+    Their LSTM (``lstm_cell.py``) holds two ``nn.Linear`` layers, input (I -> 4H) and recurrent
+    (H -> 4H), built with torch's default init, then redraws all four tensors uniform in
+    +-1/sqrt(H) in the order input weight, input bias, recurrent weight, recurrent bias; the
+    readout ``nn.Linear(H, classes)`` is built after. Their gate rows are (i, f, o, g); ours
+    follow ``nn.LSTM``'s (i, f, g, o), so the last two blocks are swapped on the way in.
+    Building ``net`` itself drew from the global generator too: build it inside
+    ``torch.random.fork_rng`` so that those draws do not count (see ``authors_net``).
     """
-    batch = symbols.shape[0]
-    steps = delay + 2 * COPY_LENGTH
-    sym = symbols.t().to(torch.long)
-    x = torch.zeros(steps, batch, dtype=torch.long, device=symbols.device)
-    x[:COPY_LENGTH] = sym
-    x[delay + COPY_LENGTH - 1] = COPY_DELIMITER
-    y = torch.zeros(steps, batch, dtype=torch.long, device=symbols.device)
-    y[-COPY_LENGTH:] = sym
-    return x.unsqueeze(-1).float(), y
+    lstm = net.lstm
+    hidden, inputs = lstm.hidden_size, lstm.input_size
+    with torch.no_grad():
+        i2h = nn.Linear(inputs, 4 * hidden)
+        h2h = nn.Linear(hidden, 4 * hidden)
+        bound = 1.0 / math.sqrt(hidden)
+        for tensor in (i2h.weight, i2h.bias, h2h.weight, h2h.bias):
+            tensor.uniform_(-bound, bound)
+        readout = nn.Linear(hidden, net.readout.out_features)
+
+        def ifgo(rows):  # (i, f, o, g) -> (i, f, g, o)
+            i, f, o, g = rows.split(hidden, 0)
+            return torch.cat((i, f, g, o), 0)
+        for ours, theirs in ((lstm.weight_ih, i2h.weight), (lstm.bias_ih, i2h.bias),
+                             (lstm.weight_hh, h2h.weight), (lstm.bias_hh, h2h.bias)):
+            ours.copy_(ifgo(theirs))
+        net.readout.weight.copy_(readout.weight)
+        net.readout.bias.copy_(readout.bias)
+    return net
 
 
-def authors_copying_symbols(n, source=np.random):
-    """The 10 data symbols of ``n`` copying sequences as the authors' ``generator.py`` draws
-    them from numpy's global generator (or ``source``, a ``RandomState``): per sequence
-    ``randint(8, size=10)``, an index into the symbols 1..8. One call for all ``n`` sequences
-    is the same stream as their ``n`` calls. (n, 10) uint8."""
-    return torch.from_numpy((source.randint(8, size=(n, COPY_LENGTH)) + 1).astype(np.uint8))
-
-
-def make_copying_data(n, delay, generator):
-    """``n`` whole copying sequences: inputs (T+20, n, 1) float and targets (T+20, n) long."""
-    return copying_batch(copying_symbols(n, generator), delay)
-
-
-# ----------------------------------------------------------------------------- RNG states
-
-def rng_states(generators):
-    """Every random state a run depends on: python, numpy, torch (CPU and CUDA) and the
-    run's own ``torch.Generator`` objects, as tensors and plain values ``weights_only`` loads."""
-    np_state = np.random.get_state(legacy=False)
-    state = {
-        "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
-        "torch": torch.get_rng_state(),
-        "generators": {name: gen.get_state() for name, gen in generators.items()},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_states(state, generators):
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": np_state["key"].numpy().astype(np.uint32),
-                                   "pos": np_state["pos"]},
-                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
-    torch.set_rng_state(state["torch"])
-    for name, gen in generators.items():
-        gen.set_state(state["generators"][name])
-    if "cuda" in state and torch.cuda.is_available() and \
-            len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def authors_net(net_class=None, **config):
+    """A ``net_class(**config)`` (default ``HDetachNet``) whose initial weights are the authors'
+    (``init_like_authors``), having moved torch's global generator exactly as building their
+    ``Net`` does."""
+    with torch.random.fork_rng(devices=[]):
+        net = (net_class or HDetachNet)(**config)
+    return init_like_authors(net)
 
 
 # ----------------------------------------------------------------------------- clean stops

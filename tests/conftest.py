@@ -8,7 +8,7 @@ AVX-512 machine would run AVX-512 kernels in-process and AVX2 kernels in the sub
 """
 import os
 
-import numerics
+from running import numerics
 
 os.environ["OMP_NUM_THREADS"] = "1"
 numerics.pin_before_torch([])

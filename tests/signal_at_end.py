@@ -15,7 +15,7 @@ import sys
 
 def main():
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import runfolder
+    from running import runfolder
 
     ending = []
 

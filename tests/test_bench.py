@@ -35,7 +35,7 @@ def test_counts_tell_the_per_step_loop_from_the_fast_path(launches):
 
 def test_compare_flush_times_a_trained_runs_step_both_ways_and_restores_ieee(tmp_path, capsys):
     import copying
-    import numerics
+    from running import numerics
     folder = tmp_path / "run"
     assert copying.main(["--T", "6", "--train-size", "40", "--test-size", "20", "--batch_size",
                          "20", "--lstm-size", "8", "--n_epochs", "1", "--device", "cpu",

@@ -17,8 +17,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 import copying
 import transfer_copy
-import runfolder
-import utils
+from running import annealing, runfolder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--T", "6", "--train-size", "60", "--test-size", "40", "--batch_size", "20",
@@ -70,7 +69,7 @@ def snapshot(folder):
 
 def test_copying_data_layout():
     delay, n = 7, 50
-    x, y = utils.make_copying_data(n, delay, torch.Generator().manual_seed(0))
+    x, y = copying.make_copying_data(n, delay, torch.Generator().manual_seed(0))
     assert x.shape == (delay + 20, n, 1) and x.dtype == torch.float32
     assert y.shape == (delay + 20, n) and y.dtype == torch.long
     x = x[..., 0]
@@ -85,23 +84,23 @@ def test_copying_data_layout():
 
 
 def test_copying_data_is_seeded_and_vectorised():
-    a = utils.copying_symbols(100_000, torch.Generator().manual_seed(1))
-    b = utils.copying_symbols(100_000, torch.Generator().manual_seed(1))
+    a = copying.copying_symbols(100_000, torch.Generator().manual_seed(1))
+    b = copying.copying_symbols(100_000, torch.Generator().manual_seed(1))
     assert a.shape == (100_000, 10) and torch.equal(a, b)
-    x, y = utils.copying_batch(a[:100], 300)
+    x, y = copying.copying_batch(a[:100], 300)
     assert x.shape == (320, 100, 1) and torch.equal(y[-10:].t(), a[:100].long())
 
 
 @pytest.mark.parametrize("epoch, expected", [(0, 0.5), (560, 0.5), (561, 0.0), (599, 0.0)])
 def test_annealing_switches_off_for_the_last_anneal_p_minus_one_epochs(epoch, expected):
-    assert utils.p_in_force(0.5, epoch, 600, 40) == expected
+    assert annealing.p_in_force(0.5, epoch, 600, 40) == expected
 
 
 def test_annealing_counts_and_vanilla():
-    off = [e for e in range(600) if utils.p_in_force(0.25, e, 600, 40) == 0]
+    off = [e for e in range(600) if annealing.p_in_force(0.25, e, 600, 40) == 0]
     assert off == list(range(561, 600)) and len(off) == 39
-    assert all(utils.p_in_force(-1, e, 600, 40) == 0 for e in range(600))
-    assert utils.p_in_force(0.25, 199, 200, 0) == 0.25  # anneal_p 0: never switched off
+    assert all(annealing.p_in_force(-1, e, 600, 40) == 0 for e in range(600))
+    assert annealing.p_in_force(0.25, 199, 200, 0) == 0.25  # anneal_p 0: never switched off
 
 
 # ----------------------------------------------------------------------------- a tiny run
@@ -148,7 +147,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(tiny_run):
     assert best["epoch"] == max(h["epoch"] for h in history if h["valid/accuracy"] == best_acc)
     net = copying.HDetachNet(**best["model_config"])
     net.load_state_dict(best["model"])
-    symbols = utils.copying_symbols(40, torch.Generator().manual_seed(0))
+    symbols = copying.copying_symbols(40, torch.Generator().manual_seed(0))
     loss, _ = copying.evaluate(net, symbols, best["config"]["T"], torch.device("cpu"))
     assert loss == pytest.approx(best["loss"], rel=0.5)
     assert {"model", "optimizer", "epoch", "iteration", "rng", "best", "events"} <= set(last)
@@ -167,7 +166,7 @@ def test_transfer_prints_table_and_writes_json(tiny_run, capsys):
     best = torch.load(tiny_run / "best_model.pt", weights_only=True)
     net = copying.HDetachNet(**best["model_config"])
     net.load_state_dict(best["model"])
-    symbols = utils.copying_symbols(30, torch.Generator().manual_seed(555))
+    symbols = copying.copying_symbols(30, torch.Generator().manual_seed(555))
     _, acc = copying.evaluate(net, symbols, 6, torch.device("cpu"))
     assert data["results"][0]["accuracy"] == pytest.approx(acc)
     # A later call for another delay keeps the earlier rows.
@@ -215,8 +214,8 @@ def test_transfer_of_another_checkpoint_or_test_set_keeps_earlier_measurements(
     # Issue 19: measuring last.pt on 50 sequences replaced the run's measurement of
     # best_model.pt, printed "valid accuracy nan%" and made the sweep call the transfer
     # "not started". Every measurement is now kept, keyed by checkpoint and test set.
-    import grids
     import sweep
+    from running import grids
     root = tmp_path / "root"
     folder = root / "copying" / "run"
     shutil.copytree(tiny_run, folder)

@@ -26,8 +26,8 @@ import copying
 import model
 import pixelmnist
 import test_model as tm
+from copying import copying_symbols
 from model import HDetachLSTM, HDetachNet
-from utils import copying_symbols
 
 fake_tensor = pytest.importorskip("torch._subclasses.fake_tensor")
 symbolic_shapes = pytest.importorskip("torch.fx.experimental.symbolic_shapes")

@@ -1,4 +1,4 @@
-"""Portable numerics (numerics.py): the pin decides the numbers, the fingerprint records what
+"""Portable numerics (running/numerics.py): the pin decides the numbers, the fingerprint records what
 ran, and a resume on other arithmetic says so."""
 import json
 import os
@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import copying
-import numerics
 import pixelmnist
-import runfolder
 import transfer_copy
+from running import numerics, runfolder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--T", "6", "--train-size", "60", "--test-size", "40", "--batch_size", "20",

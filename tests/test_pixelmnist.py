@@ -357,6 +357,7 @@ def test_a_run_says_whether_its_data_is_the_official_mnist(recorded, tmp_path, m
     # Issue 19: runs on home-made MNIST-format files sat in the report's MNIST rows beside the
     # paper's numbers. The run checks the files against torchvision's published checksums.
     import hashlib
+
     from torchvision.datasets import MNIST
     save, _, _ = recorded
     check = json.loads((save / "data.json").read_text())

@@ -16,8 +16,8 @@ import pytest
 import copying
 import pixelmnist
 import report
-import runfolder
 import transfer_copy
+from running import runfolder
 
 TINY = ["--T", "6", "--train-size", "60", "--test-size", "40", "--batch_size", "20",
         "--lstm-size", "8", "--n_epochs", "3", "--anneal-p", "2", "--device", "cpu"]

@@ -6,7 +6,7 @@ import shutil
 import matplotlib.image
 import pytest
 
-from report_convergence import censored_median, convergence_summary
+from reporting.convergence import censored_median, convergence_summary
 from test_report import make_run, run_report
 
 T100 = ["--T", "100"]

@@ -3,7 +3,7 @@ hand-made run folders. Only runs of the kit's streams are pairs; a seed is count
 only where both of its runs have done M; ties are not 'ahead'."""
 import shutil
 
-from report_paired import compare_curves
+from reporting.paired import compare_curves
 from test_report import make_run, run_report
 from test_report_convergence import row_of, section
 

@@ -1,4 +1,4 @@
-"""report.py's copying runs in sentences (report_standing): the top of report.md and the
+"""report.py's copying runs in sentences (reporting/standing.py): the top of report.md and the
 README's generated paragraph on "does h-detach converge faster", from hand-made run folders.
 Every count names the seeds it is over and those not there yet; the README's other text is
 kept as it is."""
@@ -101,6 +101,24 @@ def test_readme_gets_the_sentences_in_their_block_and_the_tables_in_theirs(root,
     # Regenerating from the same runs gives the same file.
     run_report(root, tmp_path / "results", "--readme", readme)
     assert readme.read_text() == text
+
+
+
+def test_a_readme_with_the_sentences_only_gets_them_and_nothing_else(root, tmp_path, capsys):
+    """This kit's own README keeps the sentences and links report.md for the tables."""
+    readme = tmp_path / "README.md"
+    content = ("# Title\n\n<!-- standing:begin -->\nold sentences\n<!-- standing:end -->\n\n"
+               "See results/report.md.\n")
+    readme.write_text(content)
+    run_report(root, tmp_path / "results", "--readme", readme)
+    assert f"{readme} (its sentences)" in capsys.readouterr().out
+    text = readme.read_text()
+    head, rest = text.split("<!-- standing:begin -->\n")
+    standing, tail = rest.split("<!-- standing:end -->\n")
+    assert head == "# Title\n\n" and tail == "\nSee results/report.md.\n"
+    assert "old sentences" not in standing
+    assert "**copying T=100, 4 runs (none finished):**" in standing
+    assert "| " not in text  # no table came in
 
 
 @pytest.mark.parametrize("content", [

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import copying  # noqa: E402
 import pixelmnist  # noqa: E402
 import transfer_copy  # noqa: E402
-from model import authors_net  # noqa: E402
+from utils import authors_net  # noqa: E402
 
 REL = 1e-5
 
@@ -352,7 +352,7 @@ def test_pixelmnist_resume_is_exact(small_mnist, tmp_path, rng):
 
 
 def test_report_counts_a_pre_flag_run_as_kit_and_rng_as_a_stream_not_a_setting():
-    import report_runs as report
+    from reporting import runs as report
     old = report.normalise_args("copying", {"T": 100, "p_detach": 0.5, "seed": 3})
     new = report.normalise_args("copying", {"T": 100, "p_detach": 0.5, "seed": 3,
                                             "rng": "authors"})
@@ -363,7 +363,7 @@ def test_report_counts_a_pre_flag_run_as_kit_and_rng_as_a_stream_not_a_setting()
 
 
 def test_one_seed_under_two_streams_is_two_samples_not_a_repeat():
-    import report_runs
+    from reporting import runs as report_runs
     run = dict(seed=3, final=False, epochs=5)
     kit = dict(run, path="a", args={"rng": "kit"})
     authors = dict(run, path="b", args={"rng": "authors"})

@@ -1,4 +1,4 @@
-"""The run folder (runfolder.py): one writer per folder, metrics.csv in step with last.pt,
+"""The run folder (running/runfolder.py): one writer per folder, metrics.csv in step with last.pt,
 --until-epoch, the state a folder reports, and the warning for runs annealing leaves vanilla."""
 import json
 import re
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import copying
-import runfolder
-from utils import epochs_without_detach
+from running import runfolder
+from running.annealing import epochs_without_detach
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--T", "6", "--train-size", "60", "--test-size", "40", "--batch_size", "20",

@@ -1,4 +1,4 @@
-"""sweep.py and grids.py: the grids as data, list / run / status / slurm, for real on the smoke
+"""sweep.py and running/grids.py: the grids as data, list / run / status / slurm, for real on the smoke
 grid (and on small grids of the test's own, given with --grids)."""
 import json
 import os
@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 import copying
-import grids
 import pixelmnist
-import runfolder
 import sweep
 import transfer_copy
-from utils import epochs_without_detach
+from running import grids, runfolder
+from running.annealing import epochs_without_detach
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_MODELS = ["copying/T10_vanilla_s3", "copying/T10_p0.25_s3", "copying/T10_p0.5_s3"]
@@ -152,6 +151,7 @@ def test_campaign_seeds_pairs_with_the_seed_3_campaign():
     assert settings == {("h", p, s) for p in (-1, 0.25, 0.5) for s in (1, 2)} | {("c", 0.25, 3)}
     paper = {r.name for r in grids.get_grid("paper").runs}
     assert {r.name for r in seeds.runs} <= paper
+
 
 
 # ----------------------------------------------------------------------------- list, status
@@ -308,7 +308,7 @@ def test_time_limit_then_sigint_then_finish_is_exact(smoke_root, tmp_path, capsy
 
 
 GRID_FILE = '''
-from grids import Grid, copying_run, mnist_run, transfer_run
+from running.grids import Grid, copying_run, mnist_run, transfer_run
 
 TINY = dict(train_size=60, test_size=40, batch_size=20, lstm_size=8, n_epochs=2, anneal_p=1,
             device="cpu")
@@ -362,6 +362,17 @@ def test_a_failed_run_is_reported_and_the_others_finish(grid_file, tmp_path, cap
     assert "damaged" in capsys.readouterr().out
     assert run_sweep("run", "failing", "--root", root, "--grids", grid_file) == 1
     assert "skip  c/T6_p0.5_s3: " in capsys.readouterr().out
+
+
+
+def test_a_grid_file_of_before_the_packages_still_loads(tmp_path, capsys):
+    """Grid files written when grids.py was a top-level module say ``from grids import``; they
+    load as they did, and the old name is visible only while the file runs."""
+    path = tmp_path / "old_grids.py"
+    path.write_text(GRID_FILE.replace("from running.grids import", "from grids import"))
+    assert run_sweep("list", "pair", "--grids", path, "--root", tmp_path / "runs") == 0
+    assert "c/T6_p0.5_s5" in capsys.readouterr().out
+    assert "grids" not in sys.modules
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -7,8 +7,9 @@ import os
 import statistics
 import sys
 
-from runfolder import RUN_FILES, DamagedFile, RunFolder, file_sha256, transfer_measurements
-from utils import PREDATED_VALUES, RESUMABLE_KEYS, UsageError
+from running.errors import UsageError
+from running.resume import PREDATED_VALUES, RESUMABLE_KEYS
+from running.runfolder import RUN_FILES, DamagedFile, RunFolder, file_sha256, transfer_measurements
 
 TASKS = ("copying", "pixelmnist")
 # Arguments that say where or how one process ran, not what was trained: never part of a

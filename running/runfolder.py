@@ -3,7 +3,7 @@
 A run folder (``--save-dir``) holds:
 
     config.json        the exact arguments, command line, device, versions, numerics
-                       fingerprint (numerics.py), every resume (with its own fingerprint)
+                       fingerprint (running/numerics.py), every resume (with its own fingerprint)
     metrics.csv        one row per finished epoch, always in step with last.pt
     last.pt            everything an exact resume needs (written after every epoch)
     best_model.pt      the best-validation weights (never the same file as last.pt)
@@ -33,11 +33,13 @@ import time
 import numpy as np
 import torch
 
-from numerics import arithmetic_changes, denormals_flushed, fingerprint, warn_in_process
-from numerics import describe as describe_numerics
-from utils import (PREDATED_VALUES, NothingToDo, RunStopped, UsageError, explicit_keys,
-                   merge_resume_args, report_errors, resolve_device, restore_rng_states,
-                   rng_states, warn_if_annealing_dominates)
+from running.annealing import warn_if_annealing_dominates
+from running.devices import resolve_device
+from running.errors import NothingToDo, RunStopped, UsageError, report_errors
+from running.numerics import arithmetic_changes, denormals_flushed, fingerprint, warn_in_process
+from running.numerics import describe as describe_numerics
+from running.resume import PREDATED_VALUES, explicit_keys, merge_resume_args
+from running.seeding import restore_rng_states, rng_states
 
 CHECKPOINT_FORMAT = "h-detach-checkpoint/1"
 # Files a run folder may hold; their presence marks a folder as holding a run.

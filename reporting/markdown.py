@@ -1,15 +1,19 @@
 """The report's markdown: its tables and sections, and the README block it regenerates."""
 import os
 
-from report_convergence import cdetach_section, convergence_section
-from report_paired import paired_section
-from report_refs import MAIN_EXPERIMENTS, PAPER, REFERENCE, SOURCES, TRANSFER_T, references, \
-    reference_settings
-from report_runs import SOLVED, completeness, experiment_order, is_ablation, setting_order
-from report_standing import standing_section
-from report_text import pct, table
-from runfolder import atomic_write
-from utils import UsageError
+from reporting.convergence import (CDETACH_CROSS, MILESTONES, accuracy_at, cdetach_pairs,
+                                   common_epoch, first_above, is_copying)
+from reporting.paired import PAIR_EPOCHS
+from reporting.refs import (MAIN_EXPERIMENTS, PAPER, REFERENCE, REPRO, SOURCES,
+                            reference_settings, references)
+from reporting.runs import SOLVED, completeness, experiment_order, is_ablation, setting_order
+from reporting.standing import standing_section
+from reporting.text import (ahead_from_text, ahead_text, best_text, cdetach_sentence,
+                            first_epoch_text, median_text, milestone_text, pct, runs_text,
+                            solved_pair_text, table, test_set_text)
+from reporting.transfer import transfer_delays, transfer_groups
+from running.errors import UsageError
+from running.runfolder import atomic_write
 
 BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
 
@@ -22,18 +26,6 @@ def stat_text(stat):
     if stat["n"] == 1:
         return f"{stat['mean']:.2f} (n = 1)"
     return f"{stat['mean']:.2f} ± {stat['sd']:.2f} (n = {stat['n']})"
-
-
-def runs_text(runs):
-    """Which seeds the numbers come from and how complete each run is."""
-    if len(runs) > 4:
-        unfinished = [run for run in runs if not run["final"]]
-        if not unfinished:
-            return f"{len(runs)} runs, all done"
-        least = min(unfinished, key=lambda run: run["epochs"])
-        return (f"{len(runs)} runs, {len(runs) - len(unfinished)} done; least complete: seed "
-                f"{least['seed']}: {completeness(least)}")
-    return "; ".join(f"seed {run['seed']}: {completeness(run)}" for run in runs)
 
 
 def repeats_text(setting):
@@ -185,32 +177,6 @@ def copying_section(settings, experiments):
     return lines
 
 
-def transfer_groups(runs):
-    """{trained T: [runs with transfer results]}, the paper's T = 100 always present."""
-    groups = {100: []}
-    for run in runs:
-        if run.get("transfer"):
-            trained = run["transfer"]["trained_T"] or run["args"].get("T")
-            groups.setdefault(trained, []).append(run)
-    return dict(sorted(groups.items()))
-
-
-def transfer_delays(trained, members):
-    delays = set(TRANSFER_T) if trained == 100 else set()
-    for run in members:
-        delays |= {int(d) for d in run["transfer"]["accuracy"]}
-    return sorted(delays)
-
-
-def test_set_text(transfer):
-    # rng: whose generator drew the sequences (transfer_copy.py --rng): the authors' test sets,
-    # or the kit's torch-drawn ones (every measurement made before the flag).
-    streams = {"authors": "the authors' streams", "kit": "the kit's streams"}
-    rng = transfer.get("rng", "kit")
-    return (f"{transfer['test_size']:,} sequences, seed {transfer['seed']}, "
-            f"{streams.get(rng, rng)}")
-
-
 def transfer_source(transfer):
     """Which checkpoint and test set a transfer number comes from, and how it departs from the
     protocol (best_model.pt as it is now; 5,000 sequences of seed 555)."""
@@ -272,7 +238,7 @@ def runs_section(runs):
 
 def numerics_notes(settings):
     """One line per setting whose runs did not all record the same arithmetic (numerics mode
-    and kernels, see numerics.py): their seeds are then not bit-for-bit comparable runs."""
+    and kernels, see running/numerics.py): their seeds are then not bit-for-bit comparable runs."""
     lines = []
     for setting in settings:
         labels = {}
@@ -349,6 +315,118 @@ def markdown_body(data, figures, h, figure_dir, root, standing=True):
     return "\n".join(line.rstrip() for line in lines).rstrip() + "\n"
 
 
+# ----------------------------------------------------------------------------- convergence, c-detach, pairs
+
+def convergence_section(settings, h, milestones=MILESTONES):
+    """The per-setting counts table and the per-seed table (markdown lines ending with a blank
+    one, heading level ``h``); empty when no copying run is there."""
+    copying = sorted((s for s in settings if is_copying(s) and s.get("convergence")),
+                     key=lambda s: (experiment_order(s["experiment"]), setting_order(s)))
+    if not copying:
+        return []
+    rows, per_seed = [], []
+    for setting in copying:
+        summary = setting["convergence"]
+        runs = "; ".join(f"seed {run['seed']}: {completeness(run)}" for run in setting["runs"])
+        rows.append([setting["experiment"], setting["label"], summary["n_seeds"],
+                     *(milestone_text(summary["by_epoch"][str(m)], m) for m in milestones),
+                     median_text(summary), runs])
+        for seed in summary["per_seed"]:
+            per_seed.append([setting["experiment"], setting["label"], seed["seed"],
+                             f"{seed['state']}, {seed['epochs']}/{seed['planned']}",
+                             first_epoch_text(seed), best_text(seed)])
+    lines = [f"{h} Copying: convergence across seeds", "",
+             f"A seed has converged at the first epoch with validation accuracy >= {SOLVED:g} %. "
+             f"'By epoch M' counts only the seeds whose run has done M epochs (or converged "
+             f"before): a seed not there yet is named, never counted as failing. The median is "
+             f"over all the setting's seeds, and only where they determine it (every seed that "
+             f"has not converged has run past it); no mean is taken over seeds that have not "
+             f"converged.", ""]
+    lines += table(["experiment", "setting", "seeds",
+                     *(f"reached {SOLVED:g} % by epoch {m}" for m in milestones),
+                     "median first epoch", "runs (state, epochs done / planned)"], rows)
+    lines += ["", "Per seed:", ""]
+    lines += table(["experiment", "setting", "seed", "run (epochs done / planned)",
+                     f"first epoch at >= {SOLVED:g} %", "best valid acc. (%) and its epoch"],
+                    per_seed)
+    return lines + [""]
+
+
+def cdetach_section(settings, h):
+    """c-detach beside h-detach of the same p and seed, with the paper's and the reproduction's
+    statements (markdown lines ending with a blank one); empty when there is no c-detach
+    copying run."""
+    pairs = cdetach_pairs(settings)
+    if not pairs:
+        return []
+    lines = [f"{h} Copying: c-detach beside h-detach of the same seed", ""]
+    rows, ours = [], []
+    for setting, run, twin, partner in pairs:
+        common = common_epoch(run, partner)
+        for member, label in ((run, setting["label"]), (partner, twin and twin["label"])):
+            if member is None:
+                rows.append([twin["label"] if twin else "h-detach, same p", run["seed"],
+                             "no run of this seed", "", "", "", ""])
+                continue
+            cross = first_above(member, CDETACH_CROSS)
+            rows.append([label, member["seed"], completeness(member),
+                         "—" if accuracy_at(member, common) is None
+                         else f"epoch {common}: {accuracy_at(member, common):.2f}",
+                         best_text({"best": member["best_valid_accuracy"],
+                                    "best_epoch": member["best_epoch"],
+                                    "final": member["final"]}),
+                         f"epoch {cross}" if cross else f"not by epoch {member['epochs']}",
+                         first_epoch_text({"first_epoch": member["first_epoch_solved"],
+                                           "epochs": member["epochs"],
+                                           "final": member["final"]})])
+        ours.append(cdetach_sentence(setting, run, partner, common))
+    lines += table(["setting", "seed", "run (epochs done / planned)",
+                     "valid acc. (%) at the epoch both runs have done", "best valid acc. (%)",
+                     f"first epoch above {CDETACH_CROSS:g} %",
+                     f"first epoch at >= {SOLVED:g} %"], rows)
+    experiment = pairs[0][0]["experiment"]
+    statements = [f"- {ref.source}: {ref.text}" for ref in references(experiment)
+                  if ref.source in (PAPER, REPRO)]
+    lines += ["", "What the paper and the reproduction state, and what our runs show so far:",
+              ""] + statements + [f"- ours: {text}" for text in ours]
+    return lines + [""]
+
+
+def paired_section(summaries, h, milestones=MILESTONES):
+    """Markdown lines (ending with a blank one, heading level ``h``); empty without pairs."""
+    if not summaries:
+        return []
+    lines = [f"{h} Copying: h-detach against vanilla of the same seed", "",
+             "Under the kit's streams (`--rng kit`) the runs of one seed see the same data, "
+             "initial weights and batches; only the detach draws differ, so each seed is a "
+             "paired comparison. 'Ahead' means a strictly higher validation accuracy at that "
+             "epoch; seeds are counted at epoch M only where both runs have done M. "
+             f"Accuracies are 'h-detach / vanilla' (%). Nothing here is averaged over seeds.",
+             ""]
+    rows = []
+    for summary in summaries:
+        rows.append([summary["experiment"], f"{summary['hdetach']} vs {summary['vanilla']}",
+                     len(summary["seeds"]),
+                     *(ahead_text(summary["by_epoch"][str(m)], m) for m in milestones)])
+    lines += table(["experiment", "settings", "seeds paired",
+                     *(f"h-detach ahead at epoch {m}" for m in milestones)], rows)
+    rows = []
+    for summary in summaries:
+        for pair in summary["seeds"]:
+            rows.append([summary["experiment"], summary["hdetach"], pair["seed"],
+                         f"{pair['hdetach_run']}; {pair['vanilla_run']}",
+                         *(" / ".join(map(pct, pair["at"][str(e)])) for e in PAIR_EPOCHS),
+                         f"{pair['ahead_epochs']} of {pair['common_epochs']}",
+                         ahead_from_text(pair), solved_pair_text(pair)])
+    lines += ["", "Per seed:", ""]
+    lines += table(["experiment", "h-detach setting", "seed",
+                     "runs (state, epochs done / planned): h-detach; vanilla",
+                     *(f"epoch {e}" for e in PAIR_EPOCHS),
+                     "epochs h-detach ahead, of those both did", "ahead at every epoch from",
+                     f"first epoch at >= {SOLVED:g} %: h-detach / vanilla"], rows)
+    return lines + [""]
+
+
 # ----------------------------------------------------------------------------- README block
 
 def _read_lines(path):
@@ -372,29 +450,30 @@ def _marked(lines, path, begin, end, optional):
     return begins[0], ends[0]
 
 
-def readme_block_lines(path, optional=()):
-    """Check the README before anything is written: its report block's markers must be there
-    exactly once each, in order; each (begin, end) pair in ``optional`` may be absent, but if
-    one of its markers is there, both must be, once, in order, outside the other blocks. A
-    ``UsageError`` otherwise."""
+def readme_block_lines(path, blocks):
+    """Check the README before anything is written: each (begin, end) pair of ``blocks`` may
+    be absent, but if one of its markers is there, both must be, once, in order, outside the
+    other blocks; and at least one block must be there. A ``UsageError`` otherwise."""
     lines = _read_lines(path)
-    spans = [_marked(lines, path, BEGIN, END, False)]
-    spans += [_marked(lines, path, begin, end, True) for begin, end in optional]
+    spans = [_marked(lines, path, begin, end, True) for begin, end in blocks]
+    if not any(spans):
+        raise UsageError(f"--readme {path} has no block to regenerate: it needs one line "
+                         + " or ".join(f"{begin} and, after it, one line {end}"
+                                       for begin, end in blocks))
     spans = sorted(span for span in spans if span)
     if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
         raise UsageError(f"--readme {path}: its marked blocks overlap")
     return lines
 
 
-def write_readme(path, body, optional=()):
-    """Replace the lines of the report block with ``body`` and those of each (begin, end,
-    text) of ``optional`` whose markers are there with ``text``, in one atomic write (checked
-    beforehand: readme_block_lines). Returns the begin markers of the blocks written."""
+def write_readme(path, blocks):
+    """Replace the lines of each (begin, end, text) of ``blocks`` whose markers are there with
+    ``text``, in one atomic write (checked beforehand: readme_block_lines). Returns the begin
+    markers of the blocks written."""
     lines = _read_lines(path)
     written = []
-    for begin, end, text, may_lack in [(BEGIN, END, body, False)] + \
-            [(begin, end, text, True) for begin, end, text in optional]:
-        span = _marked(lines, path, begin, end, may_lack)
+    for begin, end, text in blocks:
+        span = _marked(lines, path, begin, end, True)
         if span is None:
             continue
         newline = "\r\n" if lines[span[0]].endswith("\r\n") else "\n"

@@ -9,12 +9,11 @@ ahead. Runs of the authors' streams are left out: there the detach draws come fr
 generators that also draw the batches, so two settings of one seed no longer see the same
 batches and are not a pair.
 
-Summarising (``paired_summary``) and markdown (``paired_section``) are separate functions; the
-numbers also go to report.json. Nothing here is averaged over seeds.
+An analysis: numbers only (they also go to report.json); ``markdown`` renders them. Nothing
+here is averaged over seeds.
 """
-from report_convergence import MILESTONES, count_text, is_copying
-from report_runs import SOLVED, completeness
-from report_text import pct, table
+from reporting.convergence import MILESTONES, is_copying
+from reporting.runs import completeness
 
 PAIR_EPOCHS = (25, 50, 100, 200)  # the epochs at which both curves are set side by side
 # Arguments that do not change what a vanilla run (p <= 0) trains: with nothing detached, which
@@ -88,59 +87,3 @@ def paired_summaries(settings):
     setting, in the report's order of ``settings``."""
     found = [paired_summary(h, v) for h, v in paired_settings(settings)]
     return [summary for summary in found if summary["seeds"]]
-
-
-# ----------------------------------------------------------------------------- markdown
-
-def ahead_text(entry, milestone):
-    return count_text(entry["ahead"], entry, milestone, not_at="in both runs")
-
-
-def ahead_from_text(pair):
-    if not pair["common_epochs"]:
-        return "no epoch in common yet"
-    if pair["ahead_from"] is None:
-        return f"not ahead at epoch {pair['last_common']}"
-    return f"epoch {pair['ahead_from']} to {pair['last_common']}"
-
-
-def solved_pair_text(pair):
-    return " / ".join(f"epoch {first}" if first is not None else
-                      f"not by epoch {epochs}" + (" (run done)" if final else "")
-                      for first, epochs, final in zip(pair["first_epoch"], pair["epochs"],
-                                                      pair["final"]))
-
-
-def paired_section(summaries, h, milestones=MILESTONES):
-    """Markdown lines (ending with a blank one, heading level ``h``); empty without pairs."""
-    if not summaries:
-        return []
-    lines = [f"{h} Copying: h-detach against vanilla of the same seed", "",
-             "Under the kit's streams (`--rng kit`) the runs of one seed see the same data, "
-             "initial weights and batches; only the detach draws differ, so each seed is a "
-             "paired comparison. 'Ahead' means a strictly higher validation accuracy at that "
-             "epoch; seeds are counted at epoch M only where both runs have done M. "
-             f"Accuracies are 'h-detach / vanilla' (%). Nothing here is averaged over seeds.",
-             ""]
-    rows = []
-    for summary in summaries:
-        rows.append([summary["experiment"], f"{summary['hdetach']} vs {summary['vanilla']}",
-                     len(summary["seeds"]),
-                     *(ahead_text(summary["by_epoch"][str(m)], m) for m in milestones)])
-    lines += table(["experiment", "settings", "seeds paired",
-                     *(f"h-detach ahead at epoch {m}" for m in milestones)], rows)
-    rows = []
-    for summary in summaries:
-        for pair in summary["seeds"]:
-            rows.append([summary["experiment"], summary["hdetach"], pair["seed"],
-                         f"{pair['hdetach_run']}; {pair['vanilla_run']}",
-                         *(" / ".join(map(pct, pair["at"][str(e)])) for e in PAIR_EPOCHS),
-                         f"{pair['ahead_epochs']} of {pair['common_epochs']}",
-                         ahead_from_text(pair), solved_pair_text(pair)])
-    lines += ["", "Per seed:", ""]
-    lines += table(["experiment", "h-detach setting", "seed",
-                     "runs (state, epochs done / planned): h-detach; vanilla",
-                     *(f"epoch {e}" for e in PAIR_EPOCHS),
-                     "epochs h-detach ahead, of those both did", "ahead at every epoch from",
-                     f"first epoch at >= {SOLVED:g} %: h-detach / vanilla"], rows)
-    return lines + [""]

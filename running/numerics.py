@@ -167,7 +167,8 @@ def denormals_flushed(enabled, device):
     denormals (measured: with 2 threads only the main thread's half of an op was flushed),
     so a multi-threaded run would flush part of each op."""
     import torch
-    from utils import UsageError
+
+    from running.errors import UsageError
     if enabled and torch.device(device).type != "cpu":
         print(f"note: --flush-denormal is for CPU runs; this {torch.device(device).type} run "
               "keeps IEEE denormals", file=sys.stderr, flush=True)

@@ -5,7 +5,10 @@ transfer run (``copying/T100_p0.25_s3:transfer``) evaluates the best model of th
 it names, and writes ``transfer.json`` into that run's folder; it runs once that training run
 is done or paused at ``--until-epoch``.
 
-To add a grid, write a function that returns a ``Grid`` and add it to ``GRIDS``.
+To add a grid, write a function that returns a ``Grid`` and add it to ``GRIDS``, or keep it in a
+file of your own (``sweep.py --grids FILE``) that does ``from running.grids import Grid,
+copying_run, ...`` (files that say ``from grids import ...``, as before the kit's packages, still
+load).
 """
 import os
 from dataclasses import dataclass
@@ -192,14 +195,23 @@ def catalog(grids_file=None):
     import runpy
     if not os.path.isfile(grids_file):
         raise ValueError(f"--grids {grids_file}: no such file")
+    # Grid files written before the kit's packages say ``from grids import ...``: while this
+    # file runs, that name is this module (and only then: nothing else sees a ``grids``).
+    import sys
+    alias = "grids" not in sys.modules
+    if alias:
+        sys.modules["grids"] = sys.modules[__name__]
     try:
         extra = runpy.run_path(grids_file).get("GRIDS")
     except Exception as err:  # the user's file: any error is theirs to see, in one line
         raise ValueError(f"--grids {grids_file} could not be loaded: "
                          f"{type(err).__name__}: {err}") from None
+    finally:
+        if alias:
+            del sys.modules["grids"]
     if not isinstance(extra, dict) or not all(callable(make) for make in extra.values()):
         raise ValueError(f"--grids {grids_file} must define GRIDS, a dict of name -> function "
-                         "returning a grids.Grid")
+                         "returning a running.grids.Grid")
     known.update(extra)
     return known
 

@@ -2,14 +2,14 @@
 README's paragraph on "does h-detach converge faster" (``report.py --readme`` regenerates it
 between ``<!-- standing:begin -->`` and ``<!-- standing:end -->``).
 
-Nothing new is computed here: the sentences are the convergence counts (report_convergence),
-the paired comparison (report_paired) and the c-detach sentence, with the sample size in the
+Nothing new is computed here: the sentences are the convergence counts (``convergence``),
+the paired comparison (``paired``) and the c-detach sentence (``text``), with the sample size in the
 same paragraph, so that no number of ours in the README's interpretation is typed by hand.
 Counts say how many seeds they are over and name the seeds whose runs have not got there.
 """
-from report_convergence import (MILESTONES, cdetach_pairs, cdetach_sentence, common_epoch,
-                                is_copying, median_text, seeds_text)
-from report_runs import SOLVED, experiment_order, is_ablation, setting_order
+from reporting.convergence import MILESTONES, cdetach_pairs, common_epoch, is_copying
+from reporting.runs import SOLVED, experiment_order, is_ablation, setting_order
+from reporting.text import cdetach_sentence, median_text, seeds_text
 
 BEGIN, END = "<!-- standing:begin -->", "<!-- standing:end -->"
 

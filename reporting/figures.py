@@ -2,11 +2,12 @@
 import math
 import textwrap
 
-from report_markdown import runs_text, test_set_text, transfer_delays, transfer_groups
-from report_refs import AUTHORS, PAPER, REPRO, references
-from report_runs import SOLVED, completeness, experiment_order, setting_order
-from runfolder import atomic_write
-
+from reporting.convergence import fraction_curve, is_copying
+from reporting.refs import AUTHORS, PAPER, REPRO, references
+from reporting.runs import SOLVED, completeness, experiment_order, setting_order
+from reporting.text import runs_text, test_set_text
+from reporting.transfer import transfer_delays, transfer_groups
+from running.runfolder import atomic_write
 
 # ----------------------------------------------------------------------------- figures
 
@@ -232,3 +233,125 @@ def transfer_figure(runs, path):
                   frameon=False)
     save_png(fig, path)
     plt.close(fig)
+
+
+FAMILIES = {"black": "Greys", "tab:blue": "Blues", "tab:orange": "Oranges", "tab:red": "Reds",
+            "tab:purple": "Purples", "tab:green": "Greens", "tab:brown": "YlOrBr"}
+
+
+def convergence_figure(settings, path):
+    """Per copying delay T: beside each other, the fraction of seeds at 99 % against epoch (a
+    step curve per setting, with the count k/n written where it changes) and one panel of
+    per-seed validation curves per setting (seeds in the setting's colour family). Returns
+    False, writing nothing, when there is no copying run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from reporting.figures import colours_for, save_png
+
+    copying = [s for s in settings if is_copying(s) and s["runs"]]
+    groups = {}
+    for setting in sorted(copying, key=lambda s: (experiment_order(s["experiment"]),
+                                                  setting_order(s))):
+        groups.setdefault(setting["args"]["T"], []).append(setting)
+    if not groups:
+        return False
+    cols = 2  # per-setting panels in two columns, right of the fraction panel
+    rows_per = {T: max(1, -(-len(members) // cols)) for T, members in groups.items()}
+    fig = plt.figure(figsize=(16, 3.9 * sum(rows_per.values()) + 1.0), layout="constrained")
+    grid = fig.add_gridspec(sum(rows_per.values()), 1 + cols, width_ratios=[1.35, 1, 1])
+    row0 = 0
+    for T, members in groups.items():
+        colours = colours_for([s["label"] for s in members], [s["base"] for s in members])
+        # One epoch axis for the whole row, so the panels compare at a glance.
+        last = max(run["epochs"] for s in members for run in s["runs"])
+        ax = fig.add_subplot(grid[row0:row0 + rows_per[T], 0])
+        for i, setting in enumerate(members):
+            # Curves at the same fraction would hide each other: each is lifted a little.
+            lift = (i - (len(members) - 1) / 2) * 0.015
+            draw_fraction(ax, setting, colours[setting["label"]], last, lift)
+        ax.set_xlim(0, last * 1.08 + 1)
+        ax.set_ylim(-0.06, 1.12)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"fraction of seeds at >= {SOLVED:g} % validation accuracy")
+        ax.set_title(f"copying T={T}: fraction of seeds converged by epoch. k/n: k of the n "
+                     "seeds\nwhose run got that far; solid: every seed counted, dashed: only "
+                     "some", fontsize=10)
+        ax.grid(alpha=0.3)
+        # Under the panel: inside it would hide a step of some curve.
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+        for i, setting in enumerate(members):
+            panel = fig.add_subplot(grid[row0 + i // cols, 1 + i % cols])
+            family = FAMILIES.get(colours[setting["label"]], "Greens")
+            draw_seeds(panel, setting, matplotlib.colormaps[family], last)
+        row0 += rows_per[T]
+    fig.suptitle(textwrap.fill(
+        f"Copying: when each seed first reached {SOLVED:g} % validation accuracy (left) and "
+        "every seed's validation curve (right; open circle: where an unfinished run stands, "
+        f"triangle: its first epoch at {SOLVED:g} %). Unfinished runs are marked in the "
+        "legends: nothing here is final.", 160), fontsize=10)
+    save_png(fig, path)
+    plt.close(fig)
+    return True
+
+
+def draw_fraction(ax, setting, colour, last, lift):
+    runs = setting["runs"]
+    n = len(runs)
+    points = [p for p in fraction_curve(runs, last) if p[2]]  # epochs where a seed counts
+
+    def draw(segment):
+        full = segment[0][2] == n
+        ax.step([p[0] for p in segment], [p[1] / p[2] + lift for p in segment], where="post",
+                color=colour, lw=2 if full else 1.3, ls="-" if full else "--",
+                alpha=1 if full else 0.75)
+
+    segment = points[:1]
+    for point in points[1:]:
+        if point[2] != segment[-1][2]:  # fewer seeds counted from here on: a new style
+            draw(segment + [(point[0], segment[-1][1], segment[-1][2])])
+            segment = []
+        segment.append(point)
+    if segment:
+        draw(segment + [segment[-1]])
+    # The count, written where it changes (not at epoch 0, where every curve starts) and at
+    # the end of the curve.
+    marks = [b for a, b in zip(points, points[1:]) if a[1:] != b[1:]] + points[-1:]
+    for epoch, reached, counted in dict.fromkeys(marks):
+        ax.annotate(f"{reached}/{counted}", (epoch, reached / counted + lift),
+                    textcoords="offset points", xytext=(3, 3), fontsize=8, color=colour)
+    reached = sum(run["first_epoch_solved"] is not None for run in runs)
+    ax.plot([], [], color=colour, lw=2,
+            label=f"{setting['label']}: {reached} of {n} seed{'' if n == 1 else 's'} so far "
+                  f"(epochs done: {', '.join(str(run['epochs']) for run in runs)})")
+
+
+def draw_seeds(ax, setting, shades, last):
+    runs = setting["runs"]
+    for i, run in enumerate(runs):
+        # One colour family per setting, a shade per seed (dark to light).
+        colour = shades(0.95 - 0.4 * i / (len(runs) - 1)) if len(runs) > 1 else shades(0.85)
+        solved = run["first_epoch_solved"]
+        label = (f"seed {run['seed']} ({completeness(run)}): "
+                 + (f"{SOLVED:g} % at epoch {solved}" if solved is not None else
+                    f"not by epoch {run['epochs']}"))
+        if not run["curve"]:
+            ax.plot([], [], color=colour, label=label + ", no epoch yet")
+            continue
+        epochs, accuracy = zip(*run["curve"])
+        ax.plot(epochs, accuracy, color=colour, lw=1.3, label=label)
+        if not run["final"]:
+            ax.plot(epochs[-1], accuracy[-1], "o", mfc="white", color=colour, ms=5)
+        if solved is not None:
+            ax.plot(solved, SOLVED, "v", color=colour, mec="black", mew=0.5, ms=7)
+    ax.axhline(SOLVED, color="0.35", ls=(0, (1, 2)), lw=0.9)
+    ax.set_xlim(0, last * 1.04 + 1)
+    ax.set_ylim(0, 104)
+    n = len(runs)
+    ax.set_title(f"{setting['label']}: {n} seed{'' if n == 1 else 's'} (dotted: {SOLVED:g} %)",
+                 fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")  # a flat c-detach curve runs along the bottom
