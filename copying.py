@@ -12,7 +12,7 @@ metrics.csv (one row per epoch), state.json, best_model.pt, last.pt (resumable w
 
 --rng authors (default) draws everything as the authors' copying.py does, so --seed N is their
 seed N; --rng kit (every run before the flag) gives every setting of a seed the same data,
-initial weights and batches (see the README's Seeds section).
+initial weights and batches (see docs/experiments.md, Seeds).
 """
 import os
 import sys

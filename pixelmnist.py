@@ -28,7 +28,7 @@ best_epoch), final_valid_accuracy, final_epoch, wall_time_s, and the run's main 
 
 --rng authors (default) draws everything as the authors' pixelmnist.py does (their DataLoaders'
 draws included), so --seed N is their seed N; --rng kit (every run before the flag) gives every
-setting of a seed the same initial weights and orders (see the README's Seeds section).
+setting of a seed the same initial weights and orders (see docs/experiments.md, Seeds).
 """
 import argparse
 import gzip

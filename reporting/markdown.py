@@ -251,8 +251,7 @@ def numerics_notes(settings):
     if not lines:
         return []
     return (["Settings whose runs recorded different (or no) numerics fingerprints; "
-             "`unrecorded` runs predate the fingerprint (see the README's \"Reproducing a "
-             "seed\"):", ""] + lines + [""])
+             "`unrecorded` runs predate the fingerprint (see docs/reproducibility.md):", ""] + lines + [""])
 
 
 def markdown_body(data, figures, h, figure_dir, root, standing=True):

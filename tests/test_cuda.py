@@ -1,5 +1,5 @@
 """The CUDA path on a real GPU: skipped without one (tests/test_fake_cuda.py checks device
-placement everywhere). On a GPU machine, see the README's "On a GPU":
+placement everywhere). On a GPU machine, see docs/speed.md, "On a GPU":
 
     python -m pytest -q tests/test_cuda.py
 
@@ -78,7 +78,7 @@ def test_net_and_inference_match_reference_on_cuda(dtype, rtol, last_only, detac
 @pytest.mark.parametrize("detach,p", [("h", 0.25), ("c", 0.25), ("h", 0.0)])
 def test_training_step_makes_no_host_sync(detach, p):
     """Forward, backward, clipping and Adam with the batch already on the device: no sync
-    (the run's loss.item() and batch copies are outside, see the README)."""
+    (the run's loss.item() and batch copies are outside, see docs/speed.md)."""
     torch.manual_seed(0)
     net = HDetachNet(1, 64, 9, detach=detach).cuda()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
