@@ -36,7 +36,7 @@ from reporting.runs import (SOLVED, base_label, best_of, experiment_name,  # noq
                             group_settings, load_runs, normalise_args, summarise)
 from reporting.standing import BEGIN as STANDING_BEGIN, END as STANDING_END, readme_paragraphs
 from running.errors import UsageError, report_errors
-from running.runfolder import EventLog, RunFolder, atomic_write
+from running.runfolder import EventLog, RunFolder, atomic_write, check_writable
 from utils import ArgParser
 
 # The report's layers, each importing only those below it (reporting/):
@@ -106,12 +106,22 @@ def run(args):
     out = args.out or root
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} exists and is not a folder")
+    try:
+        check_writable(out, "--out" if args.out else "ROOT")
+    except UsageError as err:
+        if args.out:
+            raise
+        raise UsageError(f"{err} (the report goes into ROOT unless --out DIR says where)") \
+            from None
     if args.readme:
         readme_block_lines(args.readme, [(BEGIN, END), (STANDING_BEGIN, STANDING_END)])
+        check_writable(os.path.dirname(os.path.abspath(args.readme)), "--readme's folder")
     if args.tensorboard and os.path.exists(args.tensorboard) and (
             not os.path.isdir(args.tensorboard) or os.listdir(args.tensorboard)):
         raise UsageError(f"--tensorboard {args.tensorboard} must be a new or empty folder (its "
                          "event files would mix with those already there)")
+    if args.tensorboard:
+        check_writable(args.tensorboard, "--tensorboard")
     runs, skipped = load_runs(root)
     settings = group_settings(runs)
     for setting in settings:

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from running.errors import UsageError, report_errors
 from running.grids import GRIDS, catalog, get_grid
-from running.runfolder import (DamagedFile, RunFolder, atomic_write, file_sha256,
-                               transfer_measurements)
+from running.runfolder import (DamagedFile, RunFolder, atomic_write, check_writable,
+                               file_sha256, transfer_measurements)
 from utils import ArgParser, non_negative_int, positive_int
 
 KIT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -69,7 +69,7 @@ def until_flag(parser):
 def flush_flag(parser, threads):
     parser.flag("--flush-denormal", action="store_true",
                 help="CPU: pass --flush-denormal to every run (faster on CPUs that slow down on "
-                     "denormal floats, but other numbers than without it: README, "
+                     "denormal floats, but other numbers than without it: docs/speed.md, "
                      f"'Denormals'); {threads}")
 
 
@@ -624,6 +624,7 @@ def cmd_run(args):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         (os.cpu_count() or 1)
     threads = threads_per_run(args, "--threads", args.threads, max(1, cores // args.jobs))
+    check_writable(plan.root, "--root")
     os.makedirs(plan.root, exist_ok=True)
     sweep = LocalSweep(plan, args.jobs, threads, args.time_limit, args.retry_failed)
     print(f"{plan.grid.name}: {len(plan.grid.runs)} runs under {plan.root}, {args.jobs} at a "
@@ -748,6 +749,7 @@ def cmd_slurm(args):
     if which("sbatch") is None:
         raise UsageError("sbatch not found on PATH: run this on a SLURM login node "
                          "(--dry-run prints the batch script)")
+    check_writable(plan.root, "--root")
     os.makedirs(os.path.dirname(tasks_file), exist_ok=True)
     atomic_write(tasks_file, lambda handle: handle.write(tasks_text.encode()))
     script_path = tasks_file[:-len(".tasks")] + ".sbatch"

@@ -30,7 +30,7 @@ from running.devices import resolve_device
 from running.errors import UsageError, report_errors
 from running.numerics import add_numerics_flag, denormals_flushed, fingerprint, warn_in_process
 from running.resume import RNG_MODES
-from running.runfolder import now_iso, read_checkpoint, record_transfer
+from running.runfolder import check_writable, now_iso, read_checkpoint, record_transfer
 from utils import ArgParser, StopSignals, positive_int, seed_value
 
 
@@ -102,6 +102,9 @@ def run(args, device):
     numerics = fingerprint(args.numerics, device)
     warn_in_process(numerics)
     net, checkpoint, path, digest = load_model(args.model_dir, device)
+    # transfer.json goes beside the checkpoint: refuse a folder that cannot take it before the
+    # minutes of measuring, not after.
+    check_writable(os.path.dirname(os.path.abspath(path)), "the model's folder (for transfer.json)")
     trained_t = checkpoint["config"].get("T")
     print(describe_checkpoint(checkpoint, path))
     print(f"{'T':>6}  {'accuracy %':>10}  {'loss':>8}")

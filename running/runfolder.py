@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -64,6 +65,28 @@ def run_files_in(folder):
         return []
     return sorted(name for name in os.listdir(folder)
                   if name in RUN_FILES or name.startswith(EVENTS_PREFIX))
+
+
+def check_writable(folder, what):
+    """Refuse, before any work is done, a destination that cannot be written (a read-only
+    mount, an immutable folder, no permission): a ``UsageError`` naming ``what`` (the flag or
+    file the user gave). ``folder`` need not exist: then the nearest folder above it that does,
+    where it would be created, is checked; nothing is created. The check writes and removes a
+    real file, since permission bits do not tell (root ignores them; a read-only mount or the
+    immutable flag refuses even root)."""
+    probe = os.path.abspath(folder)
+    while not os.path.isdir(probe):
+        parent = os.path.dirname(probe)
+        if os.path.exists(probe) or parent == probe:
+            return  # a file in the way: the caller's own check says so
+        probe = parent
+    try:
+        fd, path = tempfile.mkstemp(prefix=".write-check.", dir=probe)
+        os.close(fd)
+        os.remove(path)
+    except OSError as err:
+        where = folder if probe == os.path.abspath(folder) else f"{folder} (in {probe})"
+        raise UsageError(f"{what} {where} cannot be written: {err.strerror}") from None
 
 
 def check_run_dir(folder, overwrite=False, resume=False):
