@@ -102,9 +102,10 @@ def eval_chunk(steps, hidden):
 
 
 @torch.no_grad()
-def evaluate(net, symbols, delay, device):
+def evaluate(net, symbols, delay, device, progress=None):
     """Mean cross-entropy over every step and sequence, and the accuracy (%) over the last 10
-    steps, from a zero state, on the sequences whose symbols are given."""
+    steps, from a zero state, on the sequences whose symbols are given. ``progress``, if
+    given, is called with the number of sequences each chunk has done (a progress bar)."""
     net.eval()
     loss_sum, correct = 0.0, 0
     steps = delay + 20
@@ -118,6 +119,8 @@ def evaluate(net, symbols, delay, device):
         loss_sum += nn.functional.cross_entropy(
             logits.reshape(-1, NUM_CLASSES), y.reshape(-1), reduction="sum").item()
         correct += (logits[-10:].argmax(-1) == y[-10:]).sum().item()
+        if progress is not None:
+            progress(x.shape[1])
     net.train()
     count = symbols.shape[0]
     return loss_sum / (count * steps), 100.0 * correct / (count * 10)

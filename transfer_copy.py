@@ -23,6 +23,7 @@ if __name__ == "__main__":
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from copying import NUM_CLASSES, TASK, authors_copying_symbols, copying_symbols, evaluate
 from model import HDetachNet
@@ -112,7 +113,11 @@ def run(args, device):
     for delay in args.T:
         # The same 5,000 sequences for a given (rng, seed, T'), whatever else is asked.
         symbols = test_symbols(args.rng, args.seed, args.test_size)
-        loss, accuracy = evaluate(net, symbols, delay, device)
+        # A CPU takes minutes for the long delays (T' = 5000 most of them): a bar per delay on
+        # stderr, gone once its row is printed, so the table on stdout stays as it was.
+        with tqdm(total=args.test_size, desc=f"T'={delay}", unit="seq", leave=False,
+                  dynamic_ncols=True, mininterval=1.0) as bar:
+            loss, accuracy = evaluate(net, symbols, delay, device, progress=bar.update)
         rows[delay] = {"T": delay, "accuracy": accuracy, "loss": loss, "rng": args.rng}
         print(f"{delay:>6}  {accuracy:>10.2f}  {loss:>8.4f}", flush=True)
     out = os.path.join(os.path.dirname(os.path.abspath(path)), "transfer.json")

@@ -157,8 +157,12 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(tiny_run):
 def test_transfer_prints_table_and_writes_json(tiny_run, capsys):
     assert transfer_copy.main(["--model-dir", str(tiny_run), "--T", "6", "12",
                                "--test-size", "30", "--device", "cpu", "--rng", "kit"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "accuracy" in out and "\n    12" in out
+    # Each delay shows its progress (sequences done of --test-size) on stderr, not in the table.
+    assert "T'=6" in captured.err and "T'=12" in captured.err and "/30 " in captured.err
+    assert "T'=" not in out
     data = json.loads((tiny_run / "transfer.json").read_text())
     assert [row["T"] for row in data["results"]] == [6, 12]
     assert data["seed"] == 555 and data["trained_T"] == 6
@@ -190,8 +194,8 @@ def test_transfer_ties_its_rows_to_the_weights_it_measured(tiny_run, tmp_path, m
     torch.save(newer, newer_path)
     evaluate = transfer_copy.evaluate
 
-    def evaluate_while_training(*args):
-        result = evaluate(*args)
+    def evaluate_while_training(*args, **kwargs):
+        result = evaluate(*args, **kwargs)
         os.replace(newer_path, folder / "best_model.pt")  # what the training run does
         return result
 
