@@ -138,8 +138,13 @@ def build_parser():
     flush_flag(slurm, "one CPU per task, the default with it")
     slurm.flag("--dry-run", action="store_true",
                help="print the batch script and the tasks; submit nothing")
-    # What the batch script runs in each array task (internal: no help line).
-    task = commands.add_parser("slurm-task")
+    return parser
+
+
+def build_task_parser():
+    """What the batch script runs in each array task: internal, so not a command that --help
+    or a mistyped command's error names."""
+    task = ArgParser(prog="sweep.py slurm-task")
     task.add_argument("grid")
     task.flag("--root", required=True)
     task.flag("--grids", default=None)
@@ -148,7 +153,7 @@ def build_parser():
     task.flag("--until-epoch", type=positive_int, default=None)
     task.flag("--flush-denormal", action="store_true")
     data_flags(task)
-    return parser
+    return task
 
 
 # ----------------------------------------------------------------------------- run states
@@ -347,6 +352,11 @@ def describe(info):
 
 def cmd_list(args):
     plan = open_plan(args)
+    if not os.path.isdir(plan.root):
+        # Listing a grid before its first run is what list is for; a typo in --root would list
+        # every run as new all the same, so say which it is.
+        print(f"# --root {args.root} does not exist yet: every run is listed as new "
+              "(sweep.py run creates it)", file=sys.stderr)
     done = waiting = 0
     for run in plan.grid.runs:
         state, info = plan.state(run)
@@ -377,6 +387,9 @@ def cmd_list(args):
 
 def cmd_status(args):
     plan = open_plan(args)
+    if not os.path.isdir(plan.root):
+        raise UsageError(f"--root {args.root} does not exist: no run of {plan.grid.name} has "
+                         f"started there (a typo? sweep.py run {plan.grid.name} creates it)")
     rows, estimated = [], False
     for run in plan.grid.runs:
         state, info = plan.state(run)
@@ -820,10 +833,18 @@ def cmd_slurm_task(args):
     return 0
 
 
+def parse_args(argv):
+    """The public commands, or the internal ``slurm-task`` that batch scripts run."""
+    if argv[:1] == ["slurm-task"]:
+        args = build_task_parser().parse_args(argv[1:])
+        args.command = "slurm-task"
+        return args
+    return build_parser().parse_args(argv)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     handlers = {"list": cmd_list, "run": cmd_run, "status": cmd_status, "slurm": cmd_slurm,
                 "slurm-task": cmd_slurm_task}
     return report_errors(lambda: handlers[args.command](args))

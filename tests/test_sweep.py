@@ -256,15 +256,17 @@ def test_pace_is_the_median_epoch_of_the_last_ten():
 
 
 def test_status_of_an_empty_root(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
     assert run_sweep("status", "smoke", "--root", tmp_path / "empty") == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == \
         "6 runs: 3 not started, 3 waiting for its model"
-    assert not (tmp_path / "empty").exists()
+    assert os.listdir(tmp_path / "empty") == []
 
 
 def test_status_into_a_closed_pipe_stops_quietly(tmp_path):
     # `sweep.py status | head -3`: the reader leaves early. The reader's end is closed before
     # the child has imported torch, so its first write meets a closed pipe.
+    (tmp_path / "empty").mkdir()
     proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "status", "smoke",
                              "--root", str(tmp_path / "empty")], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -419,6 +421,26 @@ def test_bad_input_is_one_line_and_starts_nothing(tmp_path, capsys, monkeypatch,
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_root_that_does_not_exist(tmp_path, capsys):
+    """A typo in --root: status says so in one line; list still lists (planning a new root is
+    what it is for) but says the root is new (issue 34, item 7)."""
+    missing = tmp_path / "nonexist_root"
+    err = one_line_error(capsys, ["status", "smoke", "--root", missing])
+    assert f"--root {missing} does not exist" in err
+    assert run_sweep("list", "smoke", "--root", missing) == 0
+    captured = capsys.readouterr()
+    assert f"# --root {missing} does not exist yet" in captured.err
+    assert "copying/T10_vanilla_s3" in captured.out and not missing.exists()
+
+
+def test_the_internal_task_command_is_not_offered(capsys):
+    err = one_line_error(capsys, ["nope"])
+    assert "invalid choice: 'nope'" in err and "slurm-task" not in err
+    with pytest.raises(SystemExit):
+        run_sweep("--help")
+    assert "slurm-task" not in capsys.readouterr().out
+
+
 def test_root_that_is_a_file(tmp_path, capsys):
     path = tmp_path / "runs"
     path.write_text("not a folder")
@@ -499,7 +521,7 @@ def test_slurm_flush_denormal_gives_one_cpu_and_reaches_every_run(tmp_path, caps
     # The task's own command (what each array task runs) gives every run --flush-denormal.
     task = shlex.split(next(line for line in script.splitlines() if line.startswith("exec ")))
     assert task[3] == "slurm-task" and "--flush-denormal" in task
-    args = sweep.build_parser().parse_args([*task[3:task.index("--index")], "--index", "0"])
+    args = sweep.parse_args([*task[3:task.index("--index")], "--index", "0"])
     plan = sweep.open_plan(args)
     for run in plan.grid.runs:
         assert plan.command(run, "start")[-1] == "--flush-denormal", run.name
@@ -599,9 +621,8 @@ def test_mnist_runs_get_the_sweeps_data_flags(grid_file, tmp_path, capsys, monke
                      "data", "--no-download", "--dry-run") == 0
     script = capsys.readouterr().out
     assert f"--data-dir {tmp_path / 'data'} --no-download --index" in script
-    args = sweep.build_parser().parse_args(["slurm-task", "mnist", "--root", "r", "--tasks-file",
-                                            "t", "--index", "0", "--data-dir", "/d",
-                                            "--no-download"])
+    args = sweep.parse_args(["slurm-task", "mnist", "--root", "r", "--tasks-file", "t",
+                             "--index", "0", "--data-dir", "/d", "--no-download"])
     assert sweep.data_args(args) == ["--data-dir", "/d", "--no-download"]
 
 
