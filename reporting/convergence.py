@@ -5,7 +5,7 @@ seeds whose run has got that far; the c-detach run beside h-detach of the same s
 fraction of seeds at 99 % against epoch. ``markdown`` and ``figures`` render them.
 Nothing here averages over seeds: a seed that has not converged has no first epoch to average.
 """
-from reporting.runs import SOLVED
+from reporting.runs import SOLVED, seed_of
 
 MILESTONES = (50, 100, 200)  # "seeds that reached 99 % by epoch M"
 CDETACH_CROSS = 40.0  # the reproduction's c-detach statement: "did not cross 40 % in 200 epochs"
@@ -57,7 +57,7 @@ def convergence_summary(setting, milestones=MILESTONES):
     runs = setting["runs"]
     by_epoch = {}
     for milestone in milestones:
-        states = [(run["seed"], reached_by(run, milestone)) for run in runs]
+        states = [(seed_of(run), reached_by(run, milestone)) for run in runs]
         by_epoch[str(milestone)] = {
             "reached": sum(state is True for _, state in states),
             "known": sum(state is not None for _, state in states),
@@ -65,7 +65,8 @@ def convergence_summary(setting, milestones=MILESTONES):
     return {"threshold": SOLVED, "n_seeds": len(runs), "by_epoch": by_epoch,
             "reached_so_far": sum(run["first_epoch_solved"] is not None for run in runs),
             "median_first_epoch": censored_median(runs),
-            "per_seed": [{"seed": run["seed"], "path": run["path"], "state": run["state"],
+            "per_seed": [{"seed": run["seed"], "seed_label": seed_of(run), "path": run["path"],
+                          "state": run["state"],
                           "epochs": run["epochs"], "planned": run["planned"],
                           "final": run["final"], "first_epoch": run["first_epoch_solved"],
                           "best": run["best_valid_accuracy"], "best_epoch": run["best_epoch"]}

@@ -4,7 +4,7 @@ import textwrap
 
 from reporting.convergence import fraction_curve, is_copying
 from reporting.refs import AUTHORS, PAPER, REPRO, references
-from reporting.runs import SOLVED, completeness, experiment_order, setting_order
+from reporting.runs import SOLVED, completeness, experiment_order, seed_of, setting_order
 from reporting.text import runs_text, test_set_text
 from reporting.transfer import transfer_delays, transfer_groups
 from running.runfolder import atomic_write
@@ -214,7 +214,7 @@ def transfer_figure(runs, path):
             test_set = "" if len(test_sets) == 1 else f"; {test_set_text(transfer)}"
             ax.plot(delays, list(transfer["accuracy"].values()), "o-",
                     color=colours[run["setting"]], lw=1.6,
-                    label=wrap(f"ours: {run['setting']}, seed {run['seed']} "
+                    label=wrap(f"ours: {run['setting']}, seed {seed_of(run)} "
                                f"({transfer['checkpoint']} of epoch "
                                f"{transfer['checkpoint_epoch']}{note}{stale}{test_set})"))
         ax.set_xscale("log")
@@ -333,7 +333,7 @@ def draw_seeds(ax, setting, shades, last):
         # One colour family per setting, a shade per seed (dark to light).
         colour = shades(0.95 - 0.4 * i / (len(runs) - 1)) if len(runs) > 1 else shades(0.85)
         solved = run["first_epoch_solved"]
-        label = (f"seed {run['seed']} ({completeness(run)}): "
+        label = (f"seed {seed_of(run)} ({completeness(run)}): "
                  + (f"{SOLVED:g} % at epoch {solved}" if solved is not None else
                     f"not by epoch {run['epochs']}"))
         if not run["curve"]:

@@ -6,7 +6,8 @@ from reporting.convergence import (CDETACH_CROSS, MILESTONES, accuracy_at, cdeta
 from reporting.paired import PAIR_EPOCHS
 from reporting.refs import (MAIN_EXPERIMENTS, PAPER, REFERENCE, REPRO, SOURCES,
                             reference_settings, references)
-from reporting.runs import SOLVED, completeness, experiment_order, is_ablation, setting_order
+from reporting.runs import (SOLVED, completeness, experiment_order, is_ablation, seed_of,
+                            setting_order)
 from reporting.standing import standing_section
 from reporting.text import (ahead_from_text, ahead_text, best_text, cdetach_sentence,
                             first_epoch_text, median_text, milestone_text, pct, runs_text,
@@ -34,7 +35,7 @@ def repeats_text(setting):
     if not repeats:
         return ""
     return (f" (not counted, repeats of a seed: "
-            + ", ".join(f"{run['path']} = seed {run['seed']}" for run in repeats) + ")")
+            + ", ".join(f"{run['path']} = seed {seed_of(run)}" for run in repeats) + ")")
 
 
 def ref_texts(experiment, setting):
@@ -79,7 +80,7 @@ def mnist_section(settings, experiments):
                     # The run is done, but a seed still training may yet beat it.
                     ours += (f" (seed choice not final: {unfinished} of {summary['n_runs']} "
                              "runs unfinished)")
-                chosen_text = (f"seed {chosen['seed']}: {pct(chosen['best_valid_accuracy'])} "
+                chosen_text = (f"seed {seed_of(chosen)}: {pct(chosen['best_valid_accuracy'])} "
                                f"at epoch {chosen['best_epoch']} ({completeness(chosen)})")
             spread = stat_text(summary["test_accuracy"])
             rows.append([experiment, setting["label"], paper_text, ours, chosen_text,
@@ -132,7 +133,7 @@ def copying_section(settings, experiments):
                 # A mean over runs at different stages (epoch 49 and epoch 200) measures the
                 # stages, not the setting: each seed with its epochs instead.
                 best = "; ".join(
-                    f"seed {run['seed']}: {pct(run['best_valid_accuracy'])} "
+                    f"seed {seed_of(run)}: {pct(run['best_valid_accuracy'])} "
                     f"({epochs_text(run['epochs'])})" for run in runs
                     if run["best_valid_accuracy"] is not None) + " (so far)"
             else:
@@ -145,14 +146,14 @@ def copying_section(settings, experiments):
                          ", ".join(map(str, sorted(first))) or "—",
                          ref_texts(experiment, setting)])
             for run in runs:
-                per_run.append([experiment, setting["label"], run["seed"], completeness(run),
+                per_run.append([experiment, setting["label"], seed_of(run), completeness(run),
                                 pct(run["best_valid_accuracy"]) + ("" if run["final"] else
                                                                    " (so far)"),
                                 run["best_epoch"] if run["best_epoch"] is not None else "—",
                                 solved_text(run)])
             for run in setting["repeats"]:
                 per_run.append([experiment, setting["label"],
-                                f"{run['seed']} (repeat of {run['repeat_of']}: not counted)",
+                                f"{seed_of(run)} (repeat of {run['repeat_of']}: not counted)",
                                 completeness(run), pct(run["best_valid_accuracy"]),
                                 run["best_epoch"] if run["best_epoch"] is not None else "—",
                                 solved_text(run)])
@@ -202,15 +203,15 @@ def transfer_section(runs):
         notes = []
         for run in sorted(members, key=lambda r: (setting_order(r), r["seed"] or 0)):
             transfer = run["transfer"]
-            seed = run["seed"] if not run.get("repeat_of") else \
-                f"{run['seed']} (repeat of {run['repeat_of']})"
+            seed = seed_of(run) if not run.get("repeat_of") else \
+                f"{seed_of(run)} (repeat of {run['repeat_of']})"
             rows.append([f"{run['setting']} (ours)", seed, transfer_source(transfer),
                          *(pct(transfer["accuracy"].get(str(d))) if str(d) in
                            transfer["accuracy"] else "—" for d in delays),
                          completeness(run) + ("" if run["final"] else " (not final)")])
             for other in transfer["others"]:
                 values = ", ".join(f"T'={d}: {pct(a)}" for d, a in other["accuracy"].items())
-                notes.append(f"- {run['setting']}, seed {run['seed']}, also measured (not in "
+                notes.append(f"- {run['setting']}, seed {seed_of(run)}, also measured (not in "
                              f"the table): {transfer_source(other)}: {values}")
         if not members:
             rows.append(["ours", "", "", *("not measured" if i == 0 else "" for i in
@@ -227,11 +228,11 @@ def runs_section(runs):
     for run in sorted(runs, key=lambda r: (experiment_order(r["experiment"]),
                                            setting_order(r), r["seed"] or 0)):
         elapsed = "" if run["elapsed_s"] is None else f"{run['elapsed_s'] / 3600:.1f}"
-        rows.append([run["path"], run["experiment"], run["setting"], run["seed"],
+        rows.append([run["path"], run["experiment"], run["setting"], seed_of(run),
                      run["state"], f"{run['epochs']}/{run['planned']}", run["device"] or "?",
                      run.get("numerics") or "unrecorded", elapsed, "; ".join(filter(None, [
                          run["message"], run.get("repeat_of") and
-                         f"repeats seed {run['seed']} of {run['repeat_of']}: not counted"]))])
+                         f"repeats seed {seed_of(run)} of {run['repeat_of']}: not counted"]))])
     return table(["run folder", "experiment", "setting", "seed", "state", "epochs done / planned",
                   "device", "numerics", "training time (h)", "note"], rows)
 
@@ -243,7 +244,7 @@ def numerics_notes(settings):
     for setting in settings:
         labels = {}
         for run in setting["runs"]:
-            labels.setdefault(run.get("numerics") or "unrecorded", []).append(run["seed"])
+            labels.setdefault(run.get("numerics") or "unrecorded", []).append(seed_of(run))
         if len(labels) > 1:
             parts = "; ".join(f"{label}: seed{'s' if len(seeds) > 1 else ''} "
                               + ", ".join(map(str, seeds)) for label, seeds in labels.items())
@@ -326,12 +327,12 @@ def convergence_section(settings, h, milestones=MILESTONES):
     rows, per_seed = [], []
     for setting in copying:
         summary = setting["convergence"]
-        runs = "; ".join(f"seed {run['seed']}: {completeness(run)}" for run in setting["runs"])
+        runs = "; ".join(f"seed {seed_of(run)}: {completeness(run)}" for run in setting["runs"])
         rows.append([setting["experiment"], setting["label"], summary["n_seeds"],
                      *(milestone_text(summary["by_epoch"][str(m)], m) for m in milestones),
                      median_text(summary), runs])
         for seed in summary["per_seed"]:
-            per_seed.append([setting["experiment"], setting["label"], seed["seed"],
+            per_seed.append([setting["experiment"], setting["label"], seed["seed_label"],
                              f"{seed['state']}, {seed['epochs']}/{seed['planned']}",
                              first_epoch_text(seed), best_text(seed)])
     lines = [f"{h} Copying: convergence across seeds", "",
@@ -364,11 +365,11 @@ def cdetach_section(settings, h):
         common = common_epoch(run, partner)
         for member, label in ((run, setting["label"]), (partner, twin and twin["label"])):
             if member is None:
-                rows.append([twin["label"] if twin else "h-detach, same p", run["seed"],
+                rows.append([twin["label"] if twin else "h-detach, same p", seed_of(run),
                              "no run of this seed", "", "", "", ""])
                 continue
             cross = first_above(member, CDETACH_CROSS)
-            rows.append([label, member["seed"], completeness(member),
+            rows.append([label, seed_of(member), completeness(member),
                          "—" if accuracy_at(member, common) is None
                          else f"epoch {common}: {accuracy_at(member, common):.2f}",
                          best_text({"best": member["best_valid_accuracy"],

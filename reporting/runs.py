@@ -312,6 +312,12 @@ def group_settings(runs):
         label = first["base"] + (" (" + ", ".join(shown) + ")" if shown else "")
         members.sort(key=lambda run: (run["seed"] is None, run["seed"], run["path"]))
         members, repeats = one_per_seed(members)
+        # Seed 3 of the authors' streams and seed 3 of the kit's are two different samples:
+        # where a setting holds both kinds, every seed it shows says whose streams it drew.
+        mixed = len({run["args"].get("rng") for run in members + repeats}) > 1
+        for run in members + repeats:
+            run["seed_label"] = f"{run['seed']} ({run['args'].get('rng')})" if mixed \
+                else f"{run['seed']}"
         setting = {"experiment": first["experiment"], "task": first["task"],
                    "base": first["base"], "label": label, "modifiers": shown,
                    # The paper's numbers apply only to its protocol on the official data.
@@ -384,6 +390,13 @@ def setting_order(setting):
     args = setting["args"]
     label = setting["label"] if "label" in setting else setting["setting"]
     return (args["p_detach"] > 0, args.get("detach") == "c", args["p_detach"], label)
+
+
+def seed_of(run):
+    """A run's seed as the report shows it: with its streams (``seed 3 (kit)``) where its
+    setting mixes the authors' and the kit's (``reporting.runs.group_settings``)."""
+    label = run.get("seed_label")
+    return run["seed"] if label is None or label == f"{run['seed']}" else label
 
 
 def completeness(run):

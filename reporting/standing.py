@@ -8,7 +8,7 @@ same paragraph, so that no number of ours in the README's interpretation is type
 Counts say how many seeds they are over and name the seeds whose runs have not got there.
 """
 from reporting.convergence import MILESTONES, cdetach_pairs, common_epoch, is_copying
-from reporting.runs import SOLVED, experiment_order, is_ablation, setting_order
+from reporting.runs import SOLVED, experiment_order, is_ablation, seed_of, setting_order
 from reporting.text import cdetach_sentence, median_text, seeds_text
 
 BEGIN, END = "<!-- standing:begin -->", "<!-- standing:end -->"
@@ -30,7 +30,7 @@ def sample_text(setting):
     runs = setting["runs"]
     groups = {}
     for run in sorted(runs, key=lambda r: (r["epochs"], r["seed"])):
-        groups.setdefault((run["epochs"], run["final"]), []).append(run["seed"])
+        groups.setdefault((run["epochs"], run["final"]), []).append(seed_of(run))
     where = ", ".join(f"{seeds_text(seeds)} at epoch {epochs}" + (" (done)" if final else "")
                       for (epochs, final), seeds in groups.items())
     planned = sorted({run["planned"] for run in runs if run["planned"] is not None})

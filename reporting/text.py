@@ -3,7 +3,7 @@ sections, the standing sentences, the figures' titles), so a percentage, a count
 table cell reads the same wherever it appears. The bottom of the rendering layer: it reads the
 analyses' numbers and renders nothing itself."""
 from reporting.convergence import CDETACH_CROSS, accuracy_at, first_above
-from reporting.runs import SOLVED, completeness
+from reporting.runs import SOLVED, completeness, seed_of
 
 
 def pct(value):
@@ -66,7 +66,7 @@ def cdetach_sentence(setting, run, partner, common):
     """One factual sentence on a c-detach run so far, with its length, and never more than the
     run supports: the paper's statement is about 500 epochs."""
     best = run["best_valid_accuracy"]
-    text = (f"{setting['label']}, seed {run['seed']} ({completeness(run)}): "
+    text = (f"{setting['label']}, seed {seed_of(run)} ({completeness(run)}): "
             + ("no epoch yet" if best is None else
                f"best {best:.2f} % (epoch {run['best_epoch']}), "
                + (f"{SOLVED:g} % first at epoch {run['first_epoch_solved']}"
@@ -115,8 +115,8 @@ def runs_text(runs):
             return f"{len(runs)} runs, all done"
         least = min(unfinished, key=lambda run: run["epochs"])
         return (f"{len(runs)} runs, {len(runs) - len(unfinished)} done; least complete: seed "
-                f"{least['seed']}: {completeness(least)}")
-    return "; ".join(f"seed {run['seed']}: {completeness(run)}" for run in runs)
+                f"{seed_of(least)}: {completeness(least)}")
+    return "; ".join(f"seed {seed_of(run)}: {completeness(run)}" for run in runs)
 
 
 def test_set_text(transfer):

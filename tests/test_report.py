@@ -583,3 +583,26 @@ def test_no_mean_over_unfinished_runs_at_different_epochs(tmp_path):
     _, text = run_report(root, tmp_path / "out2")
     row = next(line for line in text.splitlines() if line.startswith("| copying T=100 | vanilla"))
     assert "mean 90.00 ± 7.07 (n = 2) (so far)" in row
+
+
+# ----------------------------------------------------------------------------- seeds and streams
+
+def test_a_setting_that_mixes_streams_names_each_seeds_streams(tmp_path):
+    """Seed 3 of the authors' streams and seed 3 of the kit's are two samples: where one setting
+    holds both, every place that names a seed says whose streams (issue 34, item 4); a setting
+    of one kind of streams shows plain seeds."""
+    root = tmp_path / "runs"
+    for name, rng in (("authors", "authors"), ("kit", "kit")):
+        make_run(root / name, "copying", ["--T", "100", "--p-detach", "0.5", "--rng", rng],
+                 [20, 40], finished=False)
+    make_run(root / "vanilla", "copying", ["--T", "100", "--rng", "kit"], [10, 30],
+             finished=False)
+    data, text = run_report(root, tmp_path / "out")
+    assert "seed 3; seed 3" not in text and "seed 3: paused" not in text.split("h-detach p=0.5")[1]
+    assert "seed 3 (authors): paused, 2/600" in text and "seed 3 (kit): paused, 2/600" in text
+    assert "| copying T=100 | h-detach p=0.5 | 3 (authors) |" in text
+    assert "| kit | copying T=100 | h-detach p=0.5 | 3 (kit) |" in text
+    # The vanilla setting has one kind of streams: its seed is shown plainly.
+    assert "| vanilla | copying T=100 | vanilla | 3 |" in text
+    labels = {run["path"]: run["seed_label"] for run in data["runs"]}
+    assert labels == {"authors": "3 (authors)", "kit": "3 (kit)", "vanilla": "3"}
