@@ -7,6 +7,7 @@ import os
 import statistics
 import sys
 
+from running.annealing import epochs_without_detach
 from running.errors import UsageError
 from running.resume import PREDATED_VALUES, RESUMABLE_KEYS
 from running.runfolder import RUN_FILES, DamagedFile, RunFolder, file_sha256, transfer_measurements
@@ -134,6 +135,21 @@ def modifiers(task, args, experiment, varying):
                 (key not in defaults and key in varying and args[key] is not None):
             shown.append(modifier(task, key, args[key]))
     return shown
+
+
+def annealed_off(args):
+    """'annealed off for all 3 epochs' (or 'for 39 of 50 epochs'): a detach setting whose
+    annealing leaves it off for more than half of its planned epochs, the scripts' warning
+    threshold, so that a label never claims h-detach for a run that (mostly) did not detach;
+    None otherwise (the protocol's 39 of 600 epochs are not worth a word)."""
+    p, planned, anneal = args.get("p_detach"), args.get("n_epochs"), args.get("anneal_p")
+    if p is None or p <= 0 or planned is None or anneal is None:
+        return None
+    off = epochs_without_detach(planned, anneal)
+    if 2 * off <= planned:
+        return None
+    return f"annealed off for all {planned} epochs" if off == planned else \
+        f"annealed off for {off} of {planned} epochs"
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -309,6 +325,9 @@ def group_settings(runs):
         first = members[0]
         shown = modifiers(first["task"], first["args"], first["experiment"],
                           varying[first["task"]])
+        off = annealed_off(first["args"])
+        if off:
+            shown.append(off)
         label = first["base"] + (" (" + ", ".join(shown) + ")" if shown else "")
         members.sort(key=lambda run: (run["seed"] is None, run["seed"], run["path"]))
         members, repeats = one_per_seed(members)

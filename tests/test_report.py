@@ -606,3 +606,23 @@ def test_a_setting_that_mixes_streams_names_each_seeds_streams(tmp_path):
     assert "| vanilla | copying T=100 | vanilla | 3 |" in text
     labels = {run["path"]: run["seed_label"] for run in data["runs"]}
     assert labels == {"authors": "3 (authors)", "kit": "3 (kit)", "vanilla": "3"}
+
+
+def test_a_detach_setting_annealed_off_says_so(tmp_path):
+    """copying.py --p-detach 0.5 --n-epochs 3 never detaches (--anneal-p 40): its label says so
+    instead of claiming h-detach (issue 34, item 5); the protocol says nothing."""
+    root = tmp_path / "runs"
+    make_run(root / "short", "copying", ["--T", "100", "--p-detach", "0.5", "--n-epochs", "3"],
+             [10, 20, 30])
+    make_run(root / "half", "copying", ["--T", "100", "--p-detach", "0.25", "--n-epochs", "50"],
+             [10, 20], finished=False)
+    make_run(root / "protocol", "copying", ["--T", "100", "--p-detach", "0.25"], [10, 20],
+             finished=False)
+    data, text = run_report(root, tmp_path / "out")
+    labels = {run["path"]: run["setting"] for run in data["runs"]}
+    assert labels["short"] == "h-detach p=0.5 (3 epochs planned, annealed off for all 3 epochs)"
+    assert labels["half"] == "h-detach p=0.25 (50 epochs planned, annealed off for 39 of 50 " \
+                             "epochs)"
+    assert labels["protocol"] == "h-detach p=0.25"
+    assert "| short | copying T=100 | h-detach p=0.5 (3 epochs planned, annealed off for all " \
+           "3 epochs) |" in text
