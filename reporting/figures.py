@@ -82,24 +82,37 @@ def curves_figure(settings, path):
         for setting in present:
             colour = colours[setting["label"]]
             runs = setting["runs"]
-            for i, run in enumerate(runs):
+            shades = seed_shades(matplotlib, colour, len(runs))
+            for run, shade in zip(runs, shades):
                 if not run["curve"]:
                     continue
                 epochs, accuracy = zip(*run["curve"])
-                ax.plot(epochs, accuracy, color=colour, lw=1.2, alpha=0.85,
-                        label=wrap(f"{setting['label']}: {runs_text(runs)}") if i == 0
-                        else None)
+                # One legend line per seed where a setting has several (one colour family, a
+                # shade per seed, so the seeds can be told apart); one line per setting else.
+                label = wrap(f"{setting['label']}: {runs_text(runs)}") if len(runs) == 1 \
+                    else wrap(f"{setting['label']}, seed {seed_of(run)}: {completeness(run)}")
+                ax.plot(epochs, accuracy, color=shade, lw=1.2, alpha=0.9, label=label)
                 if not run["final"]:
                     # An open circle where an unfinished run stands now.
-                    ax.plot(epochs[-1], accuracy[-1], "o", mfc="white", color=colour, ms=5)
+                    ax.plot(epochs[-1], accuracy[-1], "o", mfc="white", color=shade, ms=5)
                 right = max(right, epochs[-1])
             if not any(run["curve"] for run in runs):
                 ax.plot([], [], color=colour, label=f"{setting['label']}: no epoch yet")
         if experiment.startswith("copying"):
             ax.axhline(SOLVED, color="0.35", ls=(0, (1, 2)), lw=0.9,
                        label=f"{SOLVED:g} % (the report's 'reached' threshold)")
+        ours = right
         right = draw_references(ax, experiment, present, colours, right, labels=zoom is None)
-        ax.set_xlim(0, right * 1.04 + 1)
+        if 2 * ours < right:
+            # References far past our runs (a short run beside readings at epoch 150) would
+            # squeeze our curves against the y axis: the axis ends at our runs, and says where
+            # the references went (their legend lines give their epochs).
+            ax.set_xlim(0, ours * 1.04 + 1)
+            ax.annotate(f"references up to epoch {right:g}: off this axis, see the legend",
+                        xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=8,
+                        color="0.3")
+        else:
+            ax.set_xlim(0, right * 1.04 + 1)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
@@ -113,8 +126,9 @@ def curves_figure(settings, path):
         ax.set_title(f"{experiment}: validation accuracy by epoch")
         ax.legend(fontsize=LEGEND_FONT, loc="upper center", bbox_to_anchor=(0.5, -0.13),
                   frameon=False)
-    fig.suptitle(textwrap.fill("Lines: our runs, coloured by setting (open circle: where a run "
-                               "that has not finished stands). Markers and flat lines: the "
+    fig.suptitle(textwrap.fill("Lines: our runs, coloured by setting, a shade per seed (open "
+                               "circle: where a run that has not finished stands). Markers and "
+                               "flat lines: the "
                                "references; markers above 100 %: where a reference reached "
                                "~100 %", 100 * cols), fontsize=10)
     save_png(fig, path)
@@ -128,8 +142,18 @@ def wrap(label):
 
 
 def legend_size(settings, experiment):
-    return (sum(s["experiment"] == experiment for s in settings) + experiment.startswith("copying")
+    return (sum(len(s["runs"]) or 1 for s in settings if s["experiment"] == experiment)
+            + experiment.startswith("copying")
             + sum(ref.value is not None for ref in references(experiment)))
+
+
+def seed_shades(matplotlib, colour, n):
+    """``n`` colours for the seeds of a setting drawn in ``colour``: its colour family, dark
+    to light (``colour`` itself for one seed)."""
+    if n <= 1:
+        return [colour]
+    shades = matplotlib.colormaps[FAMILIES.get(colour, "Greens")]
+    return [shades(0.95 - 0.45 * i / (n - 1)) for i in range(n)]
 
 
 def zoom_range(experiment, present):
@@ -225,9 +249,10 @@ def transfer_figure(runs, path):
         ax.set_ylim(0, 102)
         ax.set_xlabel("delay T' at test (time steps, log scale)")
         ax.set_ylabel("accuracy on the last 10 steps (%)")
-        ax.set_title(f"Transfer copying: trained at T = {trained}, tested at T'"
-                     + (f" on {next(iter(test_sets))}" if len(test_sets) == 1 else
-                        " (test sets: see the legend)"))
+        # Wrapped to the panel's width: one line of it ran off both sides of the figure.
+        ax.set_title(textwrap.fill(f"Transfer copying: trained at T = {trained}, tested at T'"
+                                   + (f" on {next(iter(test_sets))}" if len(test_sets) == 1
+                                      else " (test sets: see the legend)"), 70), fontsize=11)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=LEGEND_FONT, loc="upper center", bbox_to_anchor=(0.5, -0.13),
                   frameon=False)
@@ -247,8 +272,6 @@ def convergence_figure(settings, path):
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-
-    from reporting.figures import colours_for, save_png
 
     copying = [s for s in settings if is_copying(s) and s["runs"]]
     groups = {}
@@ -283,8 +306,8 @@ def convergence_figure(settings, path):
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
         for i, setting in enumerate(members):
             panel = fig.add_subplot(grid[row0 + i // cols, 1 + i % cols])
-            family = FAMILIES.get(colours[setting["label"]], "Greens")
-            draw_seeds(panel, setting, matplotlib.colormaps[family], last)
+            shades = seed_shades(matplotlib, colours[setting["label"]], len(setting["runs"]))
+            draw_seeds(panel, setting, shades, last)
         row0 += rows_per[T]
     fig.suptitle(textwrap.fill(
         f"Copying: when each seed first reached {SOLVED:g} % validation accuracy (left) and "
@@ -323,15 +346,15 @@ def draw_fraction(ax, setting, colour, last, lift):
                     textcoords="offset points", xytext=(3, 3), fontsize=8, color=colour)
     reached = sum(run["first_epoch_solved"] is not None for run in runs)
     ax.plot([], [], color=colour, lw=2,
-            label=f"{setting['label']}: {reached} of {n} seed{'' if n == 1 else 's'} so far "
-                  f"(epochs done: {', '.join(str(run['epochs']) for run in runs)})")
+            label=textwrap.fill(f"{setting['label']}: {reached} of {n} seed"
+                                f"{'' if n == 1 else 's'} so far (epochs done: "
+                                f"{', '.join(str(run['epochs']) for run in runs)})", 70,
+                                subsequent_indent="  "))
 
 
 def draw_seeds(ax, setting, shades, last):
     runs = setting["runs"]
-    for i, run in enumerate(runs):
-        # One colour family per setting, a shade per seed (dark to light).
-        colour = shades(0.95 - 0.4 * i / (len(runs) - 1)) if len(runs) > 1 else shades(0.85)
+    for run, colour in zip(runs, shades):  # a shade per seed of the setting's colour family
         solved = run["first_epoch_solved"]
         label = (f"seed {seed_of(run)} ({completeness(run)}): "
                  + (f"{SOLVED:g} % at epoch {solved}" if solved is not None else
@@ -349,8 +372,9 @@ def draw_seeds(ax, setting, shades, last):
     ax.set_xlim(0, last * 1.04 + 1)
     ax.set_ylim(0, 104)
     n = len(runs)
-    ax.set_title(f"{setting['label']}: {n} seed{'' if n == 1 else 's'} (dotted: {SOLVED:g} %)",
-                 fontsize=10)
+    # Wrapped to the panel: a long label (a smoke grid's) ran into its neighbour's title.
+    ax.set_title(textwrap.fill(f"{setting['label']}: {n} seed{'' if n == 1 else 's'} (dotted: "
+                               f"{SOLVED:g} %)", 55), fontsize=10)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(alpha=0.3)

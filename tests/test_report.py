@@ -626,3 +626,91 @@ def test_a_detach_setting_annealed_off_says_so(tmp_path):
     assert labels["protocol"] == "h-detach p=0.25"
     assert "| short | copying T=100 | h-detach p=0.5 (3 epochs planned, annealed off for all " \
            "3 epochs) |" in text
+
+
+# ----------------------------------------------------------------------------- what the figures show
+
+@pytest.fixture
+def figures_drawn(monkeypatch):
+    """Every figure the report draws, kept (drawn) before it is closed."""
+    from reporting import figures
+    kept = {}
+    save = figures.save_png
+
+    def keep(fig, path):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        canvas = FigureCanvasAgg(fig)  # the canvas the PNG is written through, at its dpi
+        fig.set_dpi(100)
+        canvas.draw()
+        fig.kept_renderer = canvas.get_renderer()
+        kept[Path(path).name] = fig
+        save(fig, path)
+    monkeypatch.setattr(figures, "save_png", keep)
+    return kept
+
+
+def texts_of(fig):
+    """Every visible piece of text: the figure's own, each panel's title, labels and legend."""
+    texts = list(fig.texts)
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
+        if ax.get_legend():
+            texts += ax.get_legend().get_texts()
+    return [t for t in texts if t.get_visible() and t.get_text()]
+
+
+def test_no_figure_cuts_or_overlaps_its_text(tmp_path, figures_drawn):
+    """Long labels (a smoke grid's, a transfer test set's) wrapped: every text lies inside its
+    figure, and no two panel titles overlap (issue 34, item 6)."""
+    root = tmp_path / "runs"
+    long = ["--T", "1", "--lstm-size", "64", "--lr", "5e-3", "--batch_size", "20",
+            "--train-size", "2000", "--test-size", "200", "--n-epochs", "12", "--anneal-p", "2"]
+    for p in ("-1", "0.25", "0.5"):
+        make_run(root / f"demo_{p}", "copying", [*long, "--p-detach", p], [12, 20, 33])
+    folder = make_run(root / "t100", "copying", ["--T", "100", "--p-detach", "0.5"], [20, 60],
+                      finished=False)
+    transfer = {"format": "h-detach-transfer/2", "measurements": [{
+        "checkpoint": "best_model.pt", "checkpoint_sha256": None, "trained_T": 100,
+        "checkpoint_epoch": 2, "seed": 555, "test_size": 5000, "rng": "kit",
+        "results": [{"T": t, "accuracy": 50.0, "loss": 0.1} for t in (200, 400, 5000)]}]}
+    runfolder.write_json(folder / "transfer.json", transfer)
+    run_report(root, tmp_path / "out")
+    assert set(figures_drawn) == {"valid_accuracy.png", "transfer.png", "convergence.png"}
+    for name, fig in figures_drawn.items():
+        renderer = fig.kept_renderer
+        width, height = fig.bbox.width, fig.bbox.height
+        for text in texts_of(fig):
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and \
+                box.y1 <= height + 1, f"{name}: cut off: {text.get_text()[:60]!r}"
+        titles = [ax.title.get_window_extent(renderer) for ax in fig.axes
+                  if ax.get_visible() and ax.title.get_text()]
+        for i, a in enumerate(titles):
+            for b in titles[i + 1:]:
+                assert not a.overlaps(b), f"{name}: two panel titles overlap"
+
+
+def test_short_runs_are_not_squeezed_and_seeds_are_told_apart(tmp_path, figures_drawn):
+    """A 3-epoch run beside references at epoch 90-180: the axis ends near our runs and says
+    where the references went; the seeds of one setting get a colour each (issue 34, item 6)."""
+    root = tmp_path / "runs"
+    make_run(root / "short", "copying", ["--T", "100", "--p-detach", "0.5", "--n-epochs", "3"],
+             [10, 20, 30])
+    run_report(root, tmp_path / "out")
+    ax = figures_drawn["valid_accuracy.png"].axes[0]
+    assert ax.get_xlim()[1] < 10
+    assert any("off this axis" in text.get_text() for text in ax.texts)
+
+    root = tmp_path / "seeds"
+    for seed in (1, 2, 3):
+        make_run(root / f"s{seed}", "copying", ["--T", "100", "--seed", str(seed)],
+                 [10 * seed, 20 * seed], finished=False)
+    figures_drawn.clear()
+    run_report(root, tmp_path / "out2")
+    ax = figures_drawn["valid_accuracy.png"].axes[0]
+    colours = {tuple(line.get_color()) if not isinstance(line.get_color(), str)
+               else line.get_color() for line in ax.get_lines() if len(line.get_xdata()) > 1
+               and line.get_linestyle() == "-"}
+    assert len(colours) == 3
