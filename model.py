@@ -506,6 +506,10 @@ class HDetachLSTM(nn.Module):
     Parameters follow ``torch.nn.LSTM`` exactly (gate order i, f, g, o; ``weight_ih`` (4H, I),
     ``weight_hh`` (4H, H), ``bias_ih`` and ``bias_hh`` (4H,); uniform(-1/sqrt(H), 1/sqrt(H))
     init), so weights copy to and from ``nn.LSTM``'s ``*_l0`` parameters unchanged.
+    ``bias=False`` (``nn.LSTM(bias=False)``, as the captioning models use it): no bias
+    parameters (``bias_ih`` and ``bias_hh`` are None, the state dict holds ``weight_ih`` and
+    ``weight_hh`` only); both implementations then add zeros (not requiring grad) where the
+    biases go, so the ``bias=True`` arithmetic is the same code whatever this flag.
 
     ``forward(x, state=None, p=0.0, generator=None)`` takes ``x`` of shape (T, B, I) and an
     optional initial ``(h, c)``, each (B, H), zero when omitted. It returns all hidden states
@@ -515,7 +519,7 @@ class HDetachLSTM(nn.Module):
     which incoming state a drawn step cuts: ``"h"`` (h-detach) or ``"c"`` (c-detach).
     """
 
-    def __init__(self, input_size, hidden_size, impl="fast", detach="h"):
+    def __init__(self, input_size, hidden_size, impl="fast", detach="h", bias=True):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, not {impl!r}")
@@ -525,8 +529,13 @@ class HDetachLSTM(nn.Module):
         self.detach = detach
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
-        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
+        self.bias = bias
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
+            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
+        else:  # as nn.LSTM(bias=False): no bias parameters at all
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
         self.pool = _BufferPool()  # the fast path's reusable CPU buffers (see _BufferPool)
         self.reset_parameters()
 
@@ -542,7 +551,11 @@ class HDetachLSTM(nn.Module):
             state = (zeros, zeros)
         h0, c0 = state
         mask = draw_detach_mask(steps, p, generator) if torch.is_grad_enabled() else None
-        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if self.bias_ih is not None:
+            weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        else:  # zeros where the biases go (no gradient): the bias=True code runs unchanged
+            zero = self.weight_hh.new_zeros(4 * self.hidden_size)
+            weights = (self.weight_ih, self.weight_hh, zero, zero)
         if self.impl == "reference":
             out, h, c = _reference_lstm(x, h0, c0, *weights, mask, self.detach)
         elif torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, c0, *weights)):
@@ -555,7 +568,7 @@ class HDetachLSTM(nn.Module):
 
     def extra_repr(self):
         return (f"{self.input_size}, {self.hidden_size}, impl={self.impl!r}, "
-                f"detach={self.detach!r}")
+                f"detach={self.detach!r}" + ("" if self.bias_ih is not None else ", bias=False"))
 
 
 class HDetachNet(nn.Module):

@@ -458,3 +458,84 @@ def test_fast_refuses_outputs_modified_in_place():
     out, _ = layer(torch.randn(4, 2, 2))
     with pytest.raises(RuntimeError, match="inplace"):
         out.mul_(2)
+
+
+# --- bias=False (nn.LSTM(bias=False), as the captioning models use it) ------------------------
+
+def make_biasless(impl, detach="h", seed=1):
+    torch.manual_seed(seed)
+    lstm = HDetachLSTM(I, H, impl=impl, detach=detach, bias=False).double()
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.mul_(2.0)
+    return lstm
+
+
+def test_bias_false_has_no_bias_parameters():
+    lstm, ref = HDetachLSTM(3, 4, bias=False), nn.LSTM(3, 4, bias=False)
+    assert [n for n, _ in lstm.named_parameters()] == ["weight_ih", "weight_hh"]
+    assert list(lstm.state_dict()) == ["weight_ih", "weight_hh"]
+    assert [n for n, _ in ref.named_parameters()] == ["weight_ih_l0", "weight_hh_l0"]
+    assert lstm.bias_ih is None and lstm.bias_hh is None and lstm.bias is False
+    assert "bias=False" in repr(lstm) and "bias" not in repr(HDetachLSTM(3, 4))
+    # the same init law as nn.LSTM(bias=False), and the same draws: weight_ih, then weight_hh
+    torch.manual_seed(4)
+    ours = HDetachLSTM(3, 4, bias=False)
+    torch.manual_seed(4)
+    theirs = nn.LSTM(3, 4, bias=False)
+    assert torch.equal(ours.weight_ih, theirs.weight_ih_l0)
+    assert torch.equal(ours.weight_hh, theirs.weight_hh_l0)
+    # its state dict loads into a fresh one, and not into a layer with biases
+    HDetachLSTM(3, 4, bias=False).load_state_dict(lstm.state_dict())
+    with pytest.raises(RuntimeError, match="Missing"):
+        HDetachLSTM(3, 4).load_state_dict(lstm.state_dict())
+
+
+@pytest.mark.parametrize("impl", model.IMPLS)
+def test_bias_false_matches_nn_lstm_bias_false(impl):
+    torch.manual_seed(0)
+    ref = nn.LSTM(I, H, bias=False).double()
+    lstm = HDetachLSTM(I, H, impl=impl, bias=False).double()
+    with torch.no_grad():
+        for name, param in lstm.named_parameters():
+            param.copy_(2.0 * getattr(ref, name + "_l0"))
+            getattr(ref, name + "_l0").mul_(2.0)
+    x, h0, c0 = make_inputs()
+    w_out, w_h, w_c = loss_weights(torch.float64)
+    outs, grads = run(lstm, x, h0, c0, p=0.0)
+
+    xr, h0r, c0r = (t.clone().requires_grad_() for t in (x, h0, c0))
+    out, (h, c) = ref(xr, (h0r.unsqueeze(0), c0r.unsqueeze(0)))
+    ((out * w_out).sum() + (h[0] * w_h).sum() + (c[0] * w_c).sum()).backward()
+    expected = [out.detach(), h[0].detach(), c[0].detach()]
+    expected_grads = [xr.grad, h0r.grad, c0r.grad, ref.weight_ih_l0.grad, ref.weight_hh_l0.grad]
+    assert len(grads) == len(expected_grads)
+    assert_close(outs, expected, 1e-12)
+    assert_close(grads, expected_grads, 1e-10)
+    with torch.no_grad():  # the inference path too
+        out_i, (h_i, c_i) = lstm(x, (h0, c0))
+    assert_close([out_i, h_i, c_i], expected, 1e-12)
+
+
+@pytest.mark.parametrize("impl", model.IMPLS)
+@pytest.mark.parametrize("detach", model.DETACHES)
+def test_bias_false_detach_matches_the_per_step_loop(impl, detach):
+    lstm = make_biasless(impl, detach)
+    x, h0, c0 = make_inputs()
+    cut = draw_detach_mask(T, 0.25, torch.Generator().manual_seed(3))
+    assert 0 < sum(cut) < T
+    outs, grads = run(lstm, x, h0, c0, p=0.25, seed=3)
+
+    xm, h0m, c0m = (t.clone().requires_grad_() for t in (x, h0, c0))
+    params = [q.detach().clone().requires_grad_() for q in lstm.parameters()]
+    zero = torch.zeros(4 * H, dtype=torch.float64)
+    out, h, c = manual_lstm(xm, h0m, c0m, *params, zero, zero, cut, detach=detach)
+    w_out, w_h, w_c = loss_weights(torch.float64)
+    ((out * w_out).sum() + (h * w_h).sum() + (c * w_c).sum()).backward()
+    expected = [t.grad if t.grad is not None else torch.zeros_like(t) for t in (xm, h0m, c0m)]
+    expected += [q.grad for q in params]
+    assert_close(outs, [out.detach(), h.detach(), c.detach()], 1e-12)
+    assert_close(grads, expected, 1e-10)
+    # the cut did change the gradient
+    _, plain = run(lstm, x, h0, c0, p=0.0)
+    assert (grads[4] - plain[4]).norm() > 1e-3 * plain[4].norm()
