@@ -230,7 +230,8 @@ def runs_section(runs):
         elapsed = "" if run["elapsed_s"] is None else f"{run['elapsed_s'] / 3600:.1f}"
         rows.append([run["path"], run["experiment"], run["setting"], seed_of(run),
                      run["state"], f"{run['epochs']}/{run['planned']}", run["device"] or "?",
-                     run.get("numerics") or "unrecorded", elapsed, "; ".join(filter(None, [
+                     run.get("numerics_by_epoch") or run.get("numerics") or "unrecorded",
+                     elapsed, "; ".join(filter(None, [
                          run["message"], run.get("repeat_of") and
                          f"repeats seed {seed_of(run)} of {run['repeat_of']}: not counted"]))])
     return table(["run folder", "experiment", "setting", "seed", "state", "epochs done / planned",

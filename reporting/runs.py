@@ -210,6 +210,7 @@ def read_run(path, root):
         "key": json.dumps([setting_key(task, args), data]), "args": args, "data": data,
         "experiment": experiment_name(task, args, data), "base": base_label(args),
         "device": config.get("device"), "numerics": folder.numerics_label(config),
+        "numerics_by_epoch": folder.numerics_by_epoch(status["epochs"], config),
         "state": status["state"],
         "epochs": status["epochs"], "planned": status["planned"],
         "message": status["message"], "final": final,

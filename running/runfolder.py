@@ -252,12 +252,15 @@ def write_config(folder, task, args, argv, device, numerics=None):
     })
 
 
-def note_resume(folder, argv, device, numerics=None, changes=()):
+def note_resume(folder, argv, device, numerics=None, changes=(), position=None):
     """Add a ``resumed`` entry to config.json: when, the command line, the device and numerics
-    fingerprint of this process, and what changed in the arithmetic, if anything."""
+    fingerprint of this process, where in the run it took over (``position``: ``epoch`` done,
+    ``epoch_iteration`` into the next, global ``iteration``), so that a reader can tell which
+    epochs each machine computed, and what changed in the arithmetic, if anything."""
     path = os.path.join(folder, "config.json")
     config = read_json(path) if os.path.exists(path) else {}
-    entry = {"at": now_iso(), "argv": list(argv), "device": str(device), "numerics": numerics}
+    entry = {"at": now_iso(), "argv": list(argv), "device": str(device), "numerics": numerics,
+             **(position or {})}
     if changes:
         entry["arithmetic_changed"] = list(changes)
     config.setdefault("resumed", []).append(entry)
@@ -663,7 +666,9 @@ class TrainingRun:
                 print(f"warning: resuming {self.folder} on other arithmetic ("
                       + "; ".join(changes) + "): the continuation is not bit-identical to an "
                       "uninterrupted run", file=sys.stderr, flush=True)
-            note_resume(self.folder, argv, device, self.numerics, changes)
+            note_resume(self.folder, argv, device, self.numerics, changes,
+                        {"epoch": self.epoch, "epoch_iteration": self.epoch_iteration,
+                         "iteration": self.iteration})
         if self.lock is not None:
             self.lock.claim()
         write_metrics(self.folder, self.history)
@@ -860,6 +865,33 @@ class RunFolder:
         if len(labels) == 2 and labels[0] == "unrecorded":
             return f"unrecorded, then {labels[1]}"
         return "mixed: " + ", ".join(labels)
+
+    def numerics_by_epoch(self, epochs, config=None):
+        """Which arithmetic computed which epochs, where the run's processes differed in it and
+        every resume recorded where it took over: ``epochs 1-6: unrecorded; 7-100: portable
+        (AVX2, AMD); 101-123: portable (AVX2, Intel)`` (an epoch a stop split between two
+        processes counts for both: ``101 (from iteration 521)``). None where the label alone
+        says it all (one arithmetic) or where a resume predates the record."""
+        config = self.config() if config is None else config
+        if not config or len(set(map(describe_numerics, self.numerics(config)))) <= 1:
+            return None
+        entries = [config] + list(config.get("resumed") or [])
+        if any(entry.get("epoch") is None for entry in entries[1:]):
+            return None
+        spans = []  # [first epoch, its iteration or 0, label]
+        for entry, label in zip(entries, map(describe_numerics, self.numerics(config))):
+            first = (entry.get("epoch") or 0) + 1
+            part = entry.get("epoch_iteration") or 0
+            if spans and spans[-1][2] == label:
+                continue
+            spans.append([first, part, label])
+        texts = []
+        for i, (first, part, label) in enumerate(spans):
+            last = spans[i + 1][0] - (0 if spans[i + 1][1] else 1) if i + 1 < len(spans) \
+                else epochs
+            start = f"{first} (from iteration {part})" if part else f"{first}"
+            texts.append(f"{start}-{last}: {label}" if last > first else f"{start}: {label}")
+        return "epochs " + "; ".join(texts)
 
     def status(self):
         """A dict: ``state`` (one of not started, running, paused, stopped, interrupted,

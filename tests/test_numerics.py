@@ -344,3 +344,36 @@ def test_cuda_arithmetic_settings_are_made_explicit(monkeypatch):
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
          torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) = saved[:4]
         torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+
+
+def test_each_resume_records_where_it_took_over_and_the_report_says_which_epochs_ran_how(
+        tmp_path, capsys):
+    """Issue 34, item 9: config.json's resumed entries carry the epoch and iteration they took
+    over at, and the report's run table says which epochs ran on which arithmetic."""
+    from reporting.runs import load_runs
+    folder = tmp_path / "runs" / "run"
+    argv = TINY + ["--save-dir", str(folder), "--n-epochs", "4"]
+    copying.main(argv + ["--until-epoch", "1"])
+    copying.main(argv + ["--resume", "--numerics", "native", "--until-epoch", "3"])
+    copying.main(argv + ["--resume", "--numerics", "portable"])
+    capsys.readouterr()
+    config = json.loads((folder / "config.json").read_text())
+    iterations = json.loads((folder / "state.json").read_text())["iteration"] // 4
+    assert [(e["epoch"], e["epoch_iteration"], e["iteration"]) for e in config["resumed"]] == \
+        [(1, 0, iterations), (3, 0, 3 * iterations)]
+    folder_view = runfolder.RunFolder(str(folder))
+    text = folder_view.numerics_by_epoch(4)
+    portable, native = (numerics.describe(entry["numerics"])
+                        for entry in (config, config["resumed"][0]))
+    assert text == f"epochs 1: {portable}; 2-3: {native}; 4: {portable}"
+    runs, _ = load_runs(str(tmp_path / "runs"))
+    assert runs[0]["numerics_by_epoch"] == text
+    # A resume that predates the record: the report falls back to the label alone.
+    del config["resumed"][0]["epoch"]
+    runfolder.write_json(folder / "config.json", config)
+    assert folder_view.numerics_by_epoch(4) is None
+    # One arithmetic throughout needs no epochs.
+    single = tmp_path / "single"
+    copying.main(TINY + ["--save-dir", str(single), "--until-epoch", "1"])
+    copying.main(TINY + ["--save-dir", str(single), "--resume"])
+    assert runfolder.RunFolder(str(single)).numerics_by_epoch(2) is None
