@@ -21,10 +21,11 @@ The run folder gets TensorBoard events (per iteration: train/loss; per epoch: tr
 valid/loss, valid/accuracy, p_detach, and test/accuracy, test/loss at the epochs where the
 validation accuracy improved; at the end: best/valid_accuracy and best/test_accuracy), config.json,
 metrics.csv (one row per epoch, test accuracy where measured), state.json,
-permutation.json (the pixel order the model reads), best_model.pt (at the best-validation epoch,
-with its test accuracy and the pixel order), last.pt (resumable with --resume) and, at the end,
-results.json: best_valid_accuracy, best_valid_loss, best_epoch, test_accuracy and test_loss (at
-best_epoch), final_valid_accuracy, final_epoch, wall_time_s, and the run's main settings.
+permutation.json (with --permute: the pixel order the model reads), best_model.pt (at the
+best-validation epoch, with its test accuracy and the pixel order), last.pt (resumable with
+--resume) and, at the end, results.json: best_valid_accuracy, best_valid_loss, best_epoch,
+test_accuracy and test_loss (at best_epoch), final_valid_accuracy, final_epoch, wall_time_s,
+and the run's main settings.
 
 --rng authors (default) draws everything as the authors' pixelmnist.py does (their DataLoaders'
 draws included), so --seed N is their seed N; --rng kit (every run before the flag) gives every
@@ -377,11 +378,11 @@ def run(args, argv, last, device, lock=None):
     # in a saved last.pt (after the current iteration), never in a killed process.
     with StopSignals() as stop:
         run.open(argv, device, last)
-        if last is None:
+        if last is None and args.permute:
+            # Only a permuted run has an order worth a file (plain MNIST reads row-major).
             write_json(os.path.join(args.save_dir, "permutation.json"), {
-                "permute": bool(args.permute), "seed": args.seed,
-                "rule": ("numpy.random.RandomState(seed).permutation(784)" if args.permute
-                         else "row-major (identity)"),
+                "permute": True, "seed": args.seed,
+                "rule": "numpy.random.RandomState(seed).permutation(784)",
                 "order": permutation.tolist()})
         # What the data is: the report keeps runs on files that are not the official MNIST
         # (or cannot be checked) away from the paper's numbers.
@@ -390,9 +391,10 @@ def run(args, argv, last, device, lock=None):
             "mnist": status, "detail": detail, "data_sha256": fingerprint,
             "checked_against": "torchvision's MNIST.resources (MD5 of the official .gz files)"})
         if status != "official":
-            print(f"warning: the data in {args.data_dir} is {status} as the official MNIST "
-                  f"({detail}); report.py shows this run apart from the paper's numbers",
-                  file=sys.stderr, flush=True)
+            what = "is not the official MNIST" if status == "not official" else \
+                "could not be verified as the official MNIST"
+            print(f"warning: the data in {args.data_dir} {what} ({detail}); report.py shows "
+                  "this run apart from the paper's numbers", file=sys.stderr, flush=True)
         # The stored order is the truth for a resumed run, whatever this code would draw.
         pixel_order = run.extra["permutation"].to(device)
         batch = args.batch_size

@@ -174,7 +174,8 @@ def run(args):
                                             (STANDING_BEGIN, STANDING_END, standing)])
         written.append(args.readme + (" (both marked blocks)" if len(blocks) == 2 else
                                       " (its tables)" if BEGIN in blocks else " (its sentences)"))
-    print(f"{len(runs)} runs in {len(settings)} settings; written: {', '.join(written)}")
+    print(f"{len(runs)} run{'' if len(runs) == 1 else 's'} in {len(settings)} "
+          f"setting{'' if len(settings) == 1 else 's'}; written: {', '.join(written)}")
     return 0
 
 

@@ -31,8 +31,9 @@ from running.devices import resolve_device
 from running.errors import UsageError, report_errors
 from running.numerics import add_numerics_flag, denormals_flushed, fingerprint, warn_in_process
 from running.resume import RNG_MODES
-from running.runfolder import check_writable, now_iso, read_checkpoint, record_transfer
-from utils import ArgParser, StopSignals, positive_int, seed_value
+from running.runfolder import (check_writable, now_iso, read_checkpoint, record_transfer,
+                               set_threads)
+from utils import ArgParser, StopSignals, add_threads_flag, positive_int, seed_value
 
 
 def build_parser():
@@ -50,6 +51,7 @@ def build_parser():
                      "transfer_copy.py's for each T' (numpy seeded with --seed); kit: from a "
                      "torch generator seeded with --seed, as before this flag existed")
     parser.flag("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_threads_flag(parser)
     add_numerics_flag(parser)
     return parser
 
@@ -143,6 +145,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def start():
+        set_threads(args.threads)
         device = resolve_device(args.device)
         with denormals_flushed(args.flush_denormal, device):
             return run(args, device)

@@ -89,6 +89,14 @@ def detach_probability(text):
     return value
 
 
+def add_threads_flag(parser):
+    parser.flag("--threads", type=positive_int, default=None, metavar="N",
+                help="torch CPU threads of this process (default: torch's own, the machine's "
+                     "cores or OMP_NUM_THREADS). The thread count is part of a CPU run's "
+                     "arithmetic: a resume keeps the run's unless given again, and says so "
+                     "when it changes")
+
+
 def add_run_flags(parser, seed, lr, epochs, anneal_p):
     """The flags every training script has, with the task's original defaults."""
     parser.flag("--p-detach", type=detach_probability, default=-1.0,
@@ -125,6 +133,7 @@ def add_run_flags(parser, seed, lr, epochs, anneal_p):
                 help="continue the run in --save-dir from its last.pt")
     parser.flag("--checkpoint-every", type=non_negative_int, default=0,
                 help="also write last.pt every N iterations (default 0: after every epoch only)")
+    add_threads_flag(parser)
     parser.flag("--until-epoch", type=positive_int, default=None, metavar="E",
                 help="stop cleanly once epoch E of the planned --n-epochs is done (last.pt "
                      "saved; --resume continues to the end exactly as one uninterrupted run)")

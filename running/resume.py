@@ -15,7 +15,7 @@ PREDATED_VALUES = {"rng": "kit"}
 # (runfolder.TrainingRun.open): the continuation is then not bit-identical to an uninterrupted run.
 RESUMABLE_KEYS = ("device", "impl", "overwrite", "resume", "checkpoint_every", "save_dir",
                   "num_workers", "data_dir", "download", "until_epoch", "numerics",
-                  "flush_denormal")
+                  "flush_denormal", "threads")
 # Keys that hold for one process only: always taken from its command line.
 PER_PROCESS_KEYS = ("resume", "overwrite", "save_dir", "until_epoch")
 

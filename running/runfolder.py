@@ -4,7 +4,8 @@ A run folder (``--save-dir``) holds:
 
     config.json        the exact arguments, command line, device, versions, numerics
                        fingerprint (running/numerics.py), every resume (with its own fingerprint)
-    metrics.csv        one row per finished epoch, always in step with last.pt
+    metrics.csv        one row per finished epoch, always in step with last.pt (captioning: one
+                       row per evaluation, keyed by iteration: ``CAPTION_COLUMNS``)
     last.pt            everything an exact resume needs (written after every epoch)
     best_model.pt      the best-validation weights (never the same file as last.pt)
     results.json       only once the run has finished all its epochs
@@ -55,6 +56,16 @@ _HISTORY_KEYS = {"epoch": "epoch", "p_detach": "p_detach", "train_loss": "train/
                  "valid_loss": "valid/loss", "valid_accuracy": "valid/accuracy",
                  "test_accuracy": "test/accuracy", "iteration": "iteration",
                  "elapsed_s": "elapsed_s"}
+# Captioning (caption_train.py) evaluates every N iterations, not after every epoch: its
+# metrics.csv has a row per evaluation, keyed by ``iteration`` (``epoch`` is the epochs done at
+# that moment, so several rows may share one), with the coco-caption metrics. {column: history
+# key}, in column order; a header with ``iteration`` and ``val_loss`` and no ``valid_accuracy``
+# marks such a table (``evaluation_table``).
+CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+CAPTION_COLUMNS = {"epoch": "epoch", "iteration": "iteration", "p_detach": "p_detach",
+                   "train_loss": "train/mean_loss", "val_loss": "val/loss",
+                   **{name: f"val/{name}" for name in CAPTION_METRICS},
+                   "elapsed_s": "elapsed_s"}
 
 
 # ----------------------------------------------------------------------------- files
@@ -284,27 +295,30 @@ def write_state(folder, state, **fields):
 
 # ----------------------------------------------------------------------------- metrics.csv
 
-def metrics_rows(history):
+def metrics_rows(history, columns=None):
     """metrics.csv's rows (dicts over ``METRICS_COLUMNS``, '' where not measured) from a run's
-    per-epoch history (as kept in last.pt)."""
+    per-epoch history (as kept in last.pt). ``columns``: another table's {column: history key}
+    (``CAPTION_COLUMNS``); None is the epoch table of copying and pixel MNIST."""
+    keys = _HISTORY_KEYS if columns is None else columns
     rows = []
     for record in history:
         row = {}
-        for column in METRICS_COLUMNS:
-            value = record.get(_HISTORY_KEYS[column], "")
+        for column in keys:
+            value = record.get(keys[column], "")
             row[column] = value if isinstance(value, (int, str)) else repr(float(value))
         rows.append(row)
     return rows
 
 
-def write_metrics(folder, history):
+def write_metrics(folder, history, columns=None):
     """Rewrite metrics.csv from the whole history: it always equals what last.pt holds (a
     resume rewrites it from the restored history, so a row written after the last checkpoint
-    disappears with the epoch it belonged to)."""
+    disappears with the epoch it belonged to). ``columns`` as in ``metrics_rows``."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS if columns is None else
+                            tuple(columns), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(metrics_rows(history))
+    writer.writerows(metrics_rows(history, columns))
     atomic_write(os.path.join(folder, "metrics.csv"),
                  lambda handle: handle.write(text.getvalue().encode()))
 
@@ -313,14 +327,26 @@ class DamagedFile(Exception):
     """A run file that exists but cannot be read as what it should be."""
 
 
+def evaluation_table(fieldnames):
+    """Whether a metrics.csv header is that of an iteration-keyed table (captioning's
+    ``CAPTION_COLUMNS``: a row per evaluation) rather than the epoch table."""
+    fields = set(fieldnames or ())
+    return {"epoch", "iteration", "val_loss"} <= fields and "valid_accuracy" not in fields
+
+
 def read_metrics(path):
     """metrics.csv as a list of dicts of numbers (None where a cell is empty). A file that is
-    not such a table raises ``DamagedFile`` naming the file and the line."""
+    not such a table raises ``DamagedFile`` naming the file and the line.
+
+    The epoch table (copying, pixel MNIST) must have ``epoch`` and ``valid_accuracy`` and one
+    row per epoch, 1, 2, 3...; an iteration-keyed table (``evaluation_table``: captioning) must
+    have whole, strictly increasing iterations and whole epochs that never go back."""
     try:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
-            if reader.fieldnames is None or not {"epoch", "valid_accuracy"} <= set(
-                    reader.fieldnames):
+            keyed = evaluation_table(reader.fieldnames)
+            if reader.fieldnames is None or not (keyed or {"epoch", "valid_accuracy"} <= set(
+                    reader.fieldnames)):
                 raise DamagedFile(f"{path}: no epoch / valid_accuracy header")
             rows = []
             for line, raw in enumerate(reader, start=2):
@@ -336,6 +362,10 @@ def read_metrics(path):
                 if row.get("epoch") is None or row["epoch"] != int(row["epoch"]):
                     raise DamagedFile(f"{path}, line {line}: no epoch number")
                 row["epoch"] = int(row["epoch"])
+                if keyed:
+                    _check_evaluation_row(path, line, row, rows[-1] if rows else None)
+                    rows.append(row)
+                    continue
                 if rows and row["epoch"] != rows[-1]["epoch"] + 1:
                     raise DamagedFile(f"{path}, line {line}: epoch {row['epoch']} follows "
                                       f"epoch {rows[-1]['epoch']}")
@@ -343,6 +373,37 @@ def read_metrics(path):
             return rows
     except (UnicodeDecodeError, csv.Error) as err:
         raise DamagedFile(f"{path}: not a CSV table ({err})") from None
+
+
+def _check_evaluation_row(path, line, row, previous):
+    """An iteration-keyed row (``read_metrics``): a whole iteration after the previous row's,
+    an epoch count that does not go back."""
+    iteration = row.get("iteration")
+    if iteration is None or iteration != int(iteration):
+        raise DamagedFile(f"{path}, line {line}: no iteration number")
+    row["iteration"] = int(iteration)
+    if previous is not None:
+        if row["iteration"] <= previous["iteration"]:
+            raise DamagedFile(f"{path}, line {line}: iteration {row['iteration']} follows "
+                              f"iteration {previous['iteration']}")
+        if row["epoch"] < previous["epoch"]:
+            raise DamagedFile(f"{path}, line {line}: epoch {row['epoch']} follows epoch "
+                              f"{previous['epoch']}")
+
+
+def evaluation_epoch_seconds(rows, last=10):
+    """The pace of a run with an iteration-keyed metrics.csv, in seconds per epoch, roughly:
+    the median seconds per iteration over its ``last`` evaluation intervals, times the
+    iterations an epoch takes as the latest row that has finished an epoch suggests (its
+    iteration / its epochs: an evaluation made within the next epoch overstates it by at most
+    that part of an epoch). None before an epoch and two points are known."""
+    points = [(0, 0.0)] + [(row["iteration"], row.get("elapsed_s")) for row in rows]
+    spans = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(points[:-1], points[1:])
+             if a[1] is not None and b[1] is not None and b[0] > a[0]][-last:]
+    done = [row for row in rows if row["epoch"] >= 1]
+    if not spans or not done:
+        return None
+    return float(np.median(spans)) * done[-1]["iteration"] / done[-1]["epoch"]
 
 
 def epoch_seconds(rows, last=10):
@@ -607,6 +668,13 @@ def parse_run_args(parser, argv, task):
     return args, last, lock
 
 
+def set_threads(threads):
+    """``--threads N``: torch's CPU threads for this process, before anything is computed (and
+    before the numerics fingerprint records the count). None leaves torch's default."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def training_main(parser, argv, task, run):
     """A training script's ``main``: parse ``argv`` and take the run folder's lock
     (``parse_run_args``), resolve ``--device`` once, and call ``run(args, argv, last, device,
@@ -614,6 +682,7 @@ def training_main(parser, argv, task, run):
     def start():
         args, last, lock = parse_run_args(parser, argv, task)
         with lock:
+            set_threads(getattr(args, "threads", None))
             device = resolve_device(args.device)
             with denormals_flushed(args.flush_denormal, device):
                 return run(args, argv, last, device, lock)
@@ -629,15 +698,27 @@ class TrainingRun:
     ``epoch_iteration`` (iterations done in the current epoch), ``iteration`` (global, the
     TensorBoard step of per-iteration scalars) and ``epoch_loss_sum``, and stores any extra
     state it needs to resume (a permutation, an epoch's order) in ``extra``.
+
+    What copying and pixel MNIST use: ``end_epoch`` after every epoch (a metrics row, the best
+    by accuracy, last.pt) and ``step`` with gradient-norm clipping at ``args.clip``. For a
+    task that evaluates every N iterations instead (captioning), all optional and without
+    effect on the others' files: ``clip`` (a callable ``clip(net)`` applied between backward
+    and the optimiser step in place of the norm clipping), ``columns`` (metrics.csv's
+    {column: history key}, ``CAPTION_COLUMNS``), ``on_save`` (a callable run before every
+    last.pt is written, to put state the script keeps elsewhere, a data loader's position,
+    into ``extra``), ``step(..., save=False)`` with ``checkpoint_due``, ``advance_epoch`` (an
+    epoch ended, no row) and ``evaluation`` (a metrics row at any iteration, the best by a
+    score).
     """
 
     def __init__(self, task, args, net, optimizer, generators, model_config, extra=None,
-                 lock=None):
+                 lock=None, clip=None, columns=None, on_save=None):
         self.task, self.args, self.folder = task, args, args.save_dir
         self.lock = lock
         self.net, self.optimizer, self.generators = net, optimizer, generators
         self.model_config = model_config
         self.extra = dict(extra or {})
+        self.clip, self.columns, self.on_save = clip, columns, on_save
         self.epoch = self.epoch_iteration = self.iteration = 0
         self.epoch_loss_sum = 0.0
         self.best = {"accuracy": None, "epoch": None}
@@ -671,7 +752,7 @@ class TrainingRun:
                          "iteration": self.iteration})
         if self.lock is not None:
             self.lock.claim()
-        write_metrics(self.folder, self.history)
+        write_metrics(self.folder, self.history, self.columns)
         self.log = EventLog(self.folder)
         self._clock = time.perf_counter()
         self.set_state("running")
@@ -713,7 +794,10 @@ class TrainingRun:
                 "model": self.net.state_dict(), "numerics": self.numerics}
 
     def save_last(self):
-        """``last.pt``: everything an exact resume needs, at the current iteration."""
+        """``last.pt``: everything an exact resume needs, at the current iteration (``on_save``
+        first brings ``extra`` up to date)."""
+        if self.on_save is not None:
+            self.on_save()
         save_checkpoint(os.path.join(self.folder, "last.pt"), dict(
             self.checkpoint_fields(), kind="last", optimizer=self.optimizer.state_dict(),
             epoch=self.epoch, epoch_iteration=self.epoch_iteration, iteration=self.iteration,
@@ -740,15 +824,51 @@ class TrainingRun:
         self.history.append(dict(record, epoch=done, iteration=self.iteration,
                                  elapsed_s=round(self.elapsed(), 1)))
         self.epoch, self.epoch_iteration, self.epoch_loss_sum = done, 0, 0.0
-        write_metrics(self.folder, self.history)
+        write_metrics(self.folder, self.history, self.columns)
         self.save_last()
         return improved
 
-    def step(self, loss, stop):
+    def advance_epoch(self):
+        """Count an epoch that ended without a metrics row (captioning: the loader's batch
+        wrapped the training split; its evaluations come every N iterations instead). Nothing
+        is written: the caller saves last.pt once the iteration's work is done."""
+        self.epoch, self.epoch_iteration, self.epoch_loss_sum = self.epoch + 1, 0, 0.0
+
+    def evaluation(self, record, score, best_fields=None, strict=True):
+        """A metrics row at the current iteration (captioning: every ``--save-checkpoint-every``
+        iterations): log ``record`` (TensorBoard step = ``iteration``), keep the model in
+        best_model.pt when ``score`` beats the best so far (strictly, the branch's
+        ``current_score > best_val_score``; ``strict=False``: at least as good; a non-finite
+        score never), add the row (with ``epoch`` = epochs done, ``iteration``, ``elapsed_s``)
+        to metrics.csv, then write last.pt. ``best`` becomes ``best_fields`` with ``score``,
+        ``epoch`` and ``iteration``. Returns whether it was a new best."""
+        for tag, value in record.items():
+            self.log.scalar(tag, value, self.iteration)
+        best = self.best.get("score")
+        improved = math.isfinite(score) and (
+            best is None or (score > best if strict else score >= best))
+        if improved:
+            self.best = dict(best_fields or {}, score=score, epoch=self.epoch,
+                             iteration=self.iteration)
+            save_checkpoint(os.path.join(self.folder, "best_model.pt"), dict(
+                self.checkpoint_fields(), kind="best", **self.best))
+        self.history.append(dict(record, epoch=self.epoch, iteration=self.iteration,
+                                 elapsed_s=round(self.elapsed(), 1)))
+        write_metrics(self.folder, self.history, self.columns)
+        self.save_last()
+        return improved
+
+    def checkpoint_due(self, stop):
+        """Whether last.pt is due now: a stop signal came, or ``--checkpoint-every`` says so."""
+        every = self.args.checkpoint_every
+        return bool(stop.requested or (every and self.iteration % every == 0))
+
+    def step(self, loss, stop, save=True):
         """One optimiser step on the batch ``loss``, as the authors' scripts take it: stop on a
-        non-finite loss, backward, clip (``args.clip`` <= 0: no clipping), Adam; then count,
-        log ``train/loss`` and write ``last.pt`` when ``--checkpoint-every`` says so or a stop
-        signal came. Returns the loss value."""
+        non-finite loss, backward, clip (``args.clip`` <= 0: no clipping; or the run's ``clip``
+        callable), Adam; then count, log ``train/loss`` and write ``last.pt`` when
+        ``checkpoint_due``. ``save=False`` leaves that to the caller (who has more to do at this
+        iteration first, and then asks ``checkpoint_due``). Returns the loss value."""
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             message = (f"training loss became {loss_value} at epoch {self.epoch + 1}, iteration "
@@ -758,15 +878,16 @@ class TrainingRun:
             raise RunStopped(message)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.args.clip > 0:
+        if self.clip is not None:
+            self.clip(self.net)
+        elif self.args.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.args.clip)
         self.optimizer.step()
         self.iteration += 1
         self.epoch_iteration += 1
         self.epoch_loss_sum += loss_value
         self.log.scalar("train/loss", loss_value, self.iteration)
-        every = self.args.checkpoint_every
-        if stop.requested or (every and self.iteration % every == 0):
+        if save and self.checkpoint_due(stop):
             self.save_last()
         return loss_value
 
@@ -897,17 +1018,31 @@ class RunFolder:
         """A dict: ``state`` (one of not started, running, paused, stopped, interrupted,
         failed, done), ``epochs`` done, ``planned`` epochs, ``best_valid`` accuracy so far
         (None before the first epoch), ``epoch_s`` (its pace, see ``epoch_seconds``) and
-        ``message``."""
+        ``message``.
+
+        A run with an iteration-keyed metrics.csv (captioning, ``evaluation_table``): its
+        ``best_valid`` is the best validation CIDEr (None without language evaluation), its
+        ``epochs`` the later of the last row's and state.json's count (epochs end between
+        evaluations), its ``epoch_s`` ``evaluation_epoch_seconds``."""
         config = self.config() if self.has("config.json") else None
         planned = (config or {}).get("args", {}).get("n_epochs")
         rows = self.metrics()
-        epochs = rows[-1]["epoch"] if rows else 0
-        accuracies = [row["valid_accuracy"] for row in rows
-                      if row["valid_accuracy"] is not None]
-        info = {"epochs": epochs, "planned": planned,
-                "best_valid": max(accuracies) if accuracies else None,
-                "epoch_s": epoch_seconds(rows), "message": None}
         saved = self.state_file() or {}
+        if rows and evaluation_table(rows[0]):
+            scores = [row.get("CIDEr") for row in rows if row.get("CIDEr") is not None]
+            epochs = max(rows[-1]["epoch"], int(saved.get("epoch") or 0))
+            info = {"epochs": epochs, "planned": planned,
+                    "best_valid": max(scores) if scores else None,
+                    "epoch_s": evaluation_epoch_seconds(rows), "message": None}
+        else:
+            epochs = rows[-1]["epoch"] if rows else 0
+            if not rows and (config or {}).get("task") == "captioning":
+                epochs = int(saved.get("epoch") or 0)  # epochs done before a first evaluation
+            accuracies = [row["valid_accuracy"] for row in rows
+                          if row["valid_accuracy"] is not None]
+            info = {"epochs": epochs, "planned": planned,
+                    "best_valid": max(accuracies) if accuracies else None,
+                    "epoch_s": epoch_seconds(rows), "message": None}
         pid = self.holder_pid()
         if pid is not None:
             state = "running"

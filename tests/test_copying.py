@@ -682,3 +682,25 @@ def test_sigterm_while_transfer_json_is_written_keeps_the_measurement(tiny_run, 
     assert not list(folder.glob(".*.tmp"))
     record = json.loads((folder / "transfer.json").read_text())
     assert [row["T"] for row in record["results"]] == [6, 8]
+
+
+def test_threads_flag_sets_torch_threads_and_a_resume_keeps_them(tmp_path, capsys):
+    """Issue 34, item 10: the scripts take --threads (the sweep had it, they did not); the count
+    is recorded, and a resume without the flag keeps the run's."""
+    before = torch.get_num_threads()
+    folder = tmp_path / "run"
+    try:
+        assert run_copying(folder, "--threads", "2", "--until-epoch", "1") == 0
+        config = json.loads((folder / "config.json").read_text())
+        assert config["args"]["threads"] == 2 and config["numerics"]["threads"] == 2
+        torch.set_num_threads(1)
+        assert run_copying(folder, "--resume") == 0
+        assert torch.get_num_threads() == 2
+        assert json.loads((folder / "config.json").read_text())["resumed"][0]["numerics"][
+            "threads"] == 2
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert "on other arithmetic" not in err
+    expect_error(capsys, lambda: run_copying(tmp_path / "x", "--threads", "0"),
+                 contains="--threads")
