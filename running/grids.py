@@ -148,10 +148,15 @@ def campaign_seeds():
     seed1 = [copying_run("copying", 100, p, 1, **flags) for p in (-1, 0.25, 0.5)]
     seed2 = [copying_run("copying", 100, p, 2, **flags) for p in (-1, 0.25, 0.5)]
     ablation = copying_run("ablations", 100, 0.25, 3, detach="c", **flags)
+    # The transfer table of seeds 1 and 2, as campaign-copying has it for seed 3: each waits
+    # until its model has reached the stage (a model paused at an earlier stage is not ready),
+    # and is measured again whenever its best_model.pt changes in a later stage.
+    transfers = [transfer_run(model, device="cpu", rng="kit") for model in seed1 + seed2]
     # Grid order is launch order: seed 1's vanilla and p = 0.25 side by side first.
     return Grid("campaign-seeds", "copying T = 100, seeds 1 and 2 of vanilla / p = 0.25 / "
                 "p = 0.5, and c-detach p = 0.25 of seed 3, on CPU, staged (stage 1: epoch 100, "
-                "stage 2: epoch 200 of 600)", tuple(seed1 + [ablation] + seed2), until_epoch=200)
+                "stage 2: epoch 200 of 600), then the transfer of seeds 1 and 2",
+                tuple(seed1 + [ablation] + seed2 + transfers), until_epoch=200)
 
 
 def campaign_t300():
