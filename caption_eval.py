@@ -31,8 +31,9 @@ from captioning.metrics import table
 from captioning.models import MAX_LENGTH, build_model
 from running.devices import resolve_device
 from running.errors import UsageError, report_errors
-from running.runfolder import check_writable, file_sha256, read_checkpoint, read_json
-from utils import ArgParser, positive_int
+from running.runfolder import (check_writable, file_sha256, read_checkpoint, read_json,
+                               set_threads)
+from utils import ArgParser, add_threads_flag, positive_int
 
 TASK = "captioning"
 SPLITS = ("test", "val")
@@ -76,6 +77,7 @@ def build_parser():
                      "batches' losses, as the branch reports it)")
     parser.flag("--device", choices=("auto", "cpu", "cuda"), default="auto",
                 help="auto (default): CUDA when present, else the CPU")
+    add_threads_flag(parser)
     parser.flag("--input-json", default=None, metavar="PATH",
                 help="the prepared labels JSON (prepro_captions.py labels; default: the run's)")
     parser.flag("--input-labels", "--input-label-h5", default=None, metavar="PATH",
@@ -332,6 +334,7 @@ def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
 
     def run():
+        set_threads(args.threads)
         device = resolve_device(args.device)
         if args.images is not None:
             return caption_images(args, device)

@@ -5,11 +5,11 @@
     python sweep.py status GRID [--root runs]
     python sweep.py slurm  GRID --root DIR [--partition P] [--time HH:MM:SS] [--dry-run] ...
 
-The grids are in running/grids.py (``python sweep.py list`` without a grid names them). Each run lives
-in ``ROOT/NAME``: a run whose folder holds results.json is done and skipped, one holding last.pt
-is continued with --resume, the others start. Stopping is always clean: at --time-limit, on
-Ctrl-C or SIGTERM every run gets SIGTERM, saves its last.pt and stops; the same command later
-continues every run exactly where it stopped.
+The grids are in running/grids.py (``python sweep.py list`` without a grid names them). Each
+run lives in ``ROOT/NAME``: a run whose folder holds results.json is done and skipped, one
+holding last.pt is continued with --resume, the others start. Stopping is always clean: at
+--time-limit, on Ctrl-C or SIGTERM every run gets SIGTERM, saves its last.pt and stops; the same
+command later continues every run exactly where it stopped.
 """
 import argparse
 import os
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from running.errors import UsageError, report_errors
 from running.grids import GRIDS, catalog, get_grid
 from running.runfolder import (DamagedFile, RunFolder, atomic_write, check_writable,
-                               file_sha256, transfer_measurements)
+                               file_sha256, read_json, transfer_measurements)
 from utils import ArgParser, non_negative_int, positive_int
 
 KIT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -91,6 +91,10 @@ def data_flags(parser):
                      "depend on where the runs start; default: the script's ./MNIST)")
     parser.flag("--no-download", action="store_true",
                 help="MNIST runs: never download (passed on as --no-download)")
+    parser.flag("--caption-data", default=None, metavar="PREFIX",
+                help="captioning runs: the data prepro_captions.py made with --output PREFIX / "
+                     "--output-dir PREFIX (PREFIX.json, PREFIX_labels.npz, PREFIX_fc, PREFIX_att; "
+                     "made absolute)")
 
 
 def build_parser():
@@ -164,7 +168,7 @@ class Plan:
     def __init__(self, grid, root, until_epoch=None, known=None, data_args=(), run_args=()):
         self.grid, self.root = grid, root
         self.known = known or GRIDS
-        self.data_args = list(data_args)  # --data-dir / --no-download for MNIST runs
+        self.data_args = list(data_args)  # the sweep's --data-dir, --no-download, --caption-data
         self.run_args = list(run_args)  # --flush-denormal: for every run, training or transfer
         self.until = until_epoch if until_epoch is not None else grid.until_epoch
         self.by_name = {run.name: run for run in grid.runs}
@@ -209,6 +213,8 @@ class Plan:
             words = {"start": "not started", "resume": "not finished", "restart": "not finished"}
             return "waiting", {"message": f"model {run.model}: "
                                           f"{words.get(model_state, model_state)}"}
+        if run.script == "caption_eval.py":
+            return self.evaluation_state(run, folder)
         try:
             measured = transfer_measurements(folder.transfer() or {},
                                              os.path.join(folder.path, "transfer.json"))
@@ -229,6 +235,24 @@ class Plan:
             return "start", {"message": "measured on an older best_model.pt (epoch "
                                         f"{ours[-1].get('checkpoint_epoch')}): to measure again"}
         return "start", {}
+
+    def evaluation_state(self, run, folder):
+        """A caption_eval.py run: done when its eval_<split>.json was measured on the
+        best_model.pt the folder holds now, start otherwise."""
+        split = _flag_text(run, "--split") or "test"
+        path = os.path.join(folder.path, f"eval_{split}.json")
+        if not os.path.isfile(path):
+            return "start", {}
+        try:
+            measured = read_json(path)
+            digest = measured["checkpoint"]["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return "start", {"message": f"eval_{split}.json is not readable: to measure again"}
+        if folder.has("best_model.pt") and \
+                file_sha256(os.path.join(folder.path, "best_model.pt")) == digest:
+            cider = measured.get("metrics", {}).get("CIDEr")
+            return "done", {"message": "" if cider is None else f"test CIDEr {cider:.3f}"}
+        return "start", {"message": "measured on an older best_model.pt: to measure again"}
 
     def _run_named(self, name):
         for make in self.known.values():
@@ -254,7 +278,9 @@ class Plan:
             script = os.path.relpath(script)
         folder = self.folder(run)
         if run.is_transfer:
-            return [python, script, "--model-dir", folder, *run.args, *self.run_args]
+            # --flush-denormal is for the copying scripts; caption_eval.py has no such flag.
+            passed = self.run_args if run.script == "transfer_copy.py" else []
+            return [python, script, "--model-dir", folder, *run.args, *passed]
         extra = {"resume": ["--resume"], "failed": ["--resume"],
                  "restart": ["--overwrite"]}.get(state, [])
         planned = _flag_value(run, "--n-epochs")
@@ -262,15 +288,30 @@ class Plan:
         # scripts refuse an --until-epoch past --n-epochs).
         until = ["--until-epoch", str(self.until)] if self.until is not None and (
             planned is None or self.until < planned) else []
-        data = self.data_args if run.script == "pixelmnist.py" else []
-        return [python, script, *run.args, "--save-dir", folder, *extra, *until, *data,
-                *self.run_args]
+        return [python, script, *run.args, "--save-dir", folder, *extra, *until,
+                *self.run_data(run), *self.run_args]
+
+    def run_data(self, run):
+        """The data flags a training run gets from the sweep's: MNIST's as they are, the
+        captioning prefix as caption_train.py's four paths; copying runs need none."""
+        given = self.data_args
+        if run.script == "pixelmnist.py":
+            return [flag for i, flag in enumerate(given) if flag != "--caption-data"
+                    and (i == 0 or given[i - 1] != "--caption-data")]
+        if run.script == "caption_train.py" and "--caption-data" in given:
+            return caption_data_flags(given[given.index("--caption-data") + 1], run)
+        return []
 
 
 def _flag_value(run, flag):
     """The integer value a run's arguments give ``flag``, or None."""
     args = list(run.args)
     return int(args[args.index(flag) + 1]) if flag in args else None
+
+
+def _flag_text(run, flag):
+    args = list(run.args)
+    return args[args.index(flag) + 1] if flag in args else None
 
 
 def _transfer_test_set(run):
@@ -303,18 +344,40 @@ def open_plan(args):
     if os.path.exists(args.root) and not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root} exists and is not a folder")
     run_args = ["--flush-denormal"] if getattr(args, "flush_denormal", False) else []
+    if hasattr(args, "caption_data") and args.caption_data is None and \
+            any(run.script == "caption_train.py" for run in grid.runs):
+        raise UsageError(f"{grid.name}'s captioning runs need their data: --caption-data PREFIX "
+                         "(PREFIX.json, PREFIX_labels.npz, PREFIX_fc, PREFIX_att, as "
+                         "prepro_captions.py names them)")
+    if getattr(args, "caption_data", None) and \
+            not os.path.isfile(os.path.abspath(args.caption_data) + ".json"):
+        raise UsageError(f"--caption-data {args.caption_data}: no {args.caption_data}.json "
+                         "(make it with prepro_captions.py labels --output PREFIX)")
     return Plan(grid, args.root, getattr(args, "until_epoch", None), known, data_args(args),
                 run_args)
 
 
 def data_args(args):
-    """The MNIST runs' data flags, as given to the sweep (the folder made absolute)."""
+    """The sweep's data flags as given to it (paths made absolute): MNIST's and captioning's.
+    ``Plan.run_data`` turns them into each script's own flags."""
     given = []
     if getattr(args, "data_dir", None):
         given += ["--data-dir", os.path.abspath(args.data_dir)]
     if getattr(args, "no_download", False):
         given.append("--no-download")
+    if getattr(args, "caption_data", None):
+        given += ["--caption-data", os.path.abspath(args.caption_data)]
     return given
+
+
+def caption_data_flags(prefix, run):
+    """caption_train.py's data flags for the prepared data at ``prefix`` (the names
+    prepro_captions.py gives its outputs); att features only for the model that reads them."""
+    flags = ["--input-json", f"{prefix}.json", "--input-labels", f"{prefix}_labels.npz",
+             "--input-fc-dir", f"{prefix}_fc"]
+    if "show_attend_tell" in run.args:
+        flags += ["--input-att-dir", f"{prefix}_att"]
+    return flags
 
 
 def short_duration(seconds):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 TRANSFER_DELAYS = (200, 400, 500, 1000, 2000, 5000)
 COPYING_SEEDS = (3, 1, 2, 4, 5)          # 3: the authors' README seed
 MNIST_SEEDS = (250, 150, 400, 1, 2)      # 250 / 150: the authors' README; 400: the reproduction
+CAPTION_SEEDS = (1, 2, 3)                 # the branch never seeded its runs
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Run:
     name: str
     script: str
     args: tuple
-    model: str = None  # transfer runs: the name of the training run whose model they test
+    model: str = None  # transfer / evaluation runs: the training run whose model they test
 
     @property
     def is_transfer(self):
@@ -38,7 +39,9 @@ class Run:
 
     @property
     def log_name(self):
-        return "transfer.log" if self.is_transfer else "train.log"
+        if not self.is_transfer:
+            return "train.log"
+        return "eval.log" if self.script == "caption_eval.py" else "transfer.log"
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,21 @@ def copying_run(prefix, T, p, seed, detach="h", **extra):
 def transfer_run(model, delays=TRANSFER_DELAYS, **extra):
     return Run(f"{model.name}:transfer", "transfer_copy.py",
                ("--T", *map(str, delays)) + _flags(**extra), model=model.name)
+
+
+def caption_run(prefix, model, p, seed, detach="h", **extra):
+    """A caption_train.py run; its data comes from the sweep (``--caption-data PREFIX``)."""
+    name = f"{prefix}/{model}_{_label(p, detach)}_s{seed}"
+    return Run(name, "caption_train.py", _flags(
+        caption_model=model, p_detach=p if p > 0 else None,
+        detach=detach if detach != "h" else None, seed=seed, **extra))
+
+
+def caption_eval_run(model, split="test", **extra):
+    """caption_eval.py on a captioning run's best_model.pt: ``eval_<split>.json`` in its
+    folder, measured again whenever best_model.pt changes."""
+    return Run(f"{model.name}:eval-{split}", "caption_eval.py",
+               _flags(split=split, **extra), model=model.name)
 
 
 def mnist_run(prefix, p, seed, permute=False, detach="h", **extra):
@@ -173,6 +191,42 @@ def campaign_t300():
                 until_epoch=100)
 
 
+def paper_captioning():
+    """Image captioning as the authors' branch runs it (30 epochs, their settings are the
+    scripts' defaults): show_tell and show_attend_tell, vanilla and h-detach at the authors' p
+    (0.25 and 0.4) and at the other's, three seeds, then each run's best model on the test split.
+    Needs the prepared data: ``sweep.py run paper-captioning --caption-data data/coco``."""
+    runs = []
+    for model, ps in (("show_tell", (-1, 0.25, 0.4)), ("show_attend_tell", (-1, 0.4, 0.25))):
+        for p in ps:
+            for seed in CAPTION_SEEDS:
+                run = caption_run("captioning", model, p, seed)
+                runs += [run, caption_eval_run(run)]
+    return Grid("paper-captioning", "image captioning: show_tell and show_attend_tell, vanilla "
+                "and p = 0.25 / 0.4, seeds 1-3, then the test split (needs --caption-data)",
+                tuple(runs))
+
+
+def smoke_captioning():
+    """The whole captioning chain on a CPU in minutes, on the synthetic shapes set
+    (``make_shapes.py``, NOT MS COCO) with features of a random ResNet-18 (stated as such in
+    features.json): both models, vanilla and h-detach at the authors' p, small networks (128
+    units) and 30 short epochs, then the test split with the real coco-caption metrics. Not the
+    paper's protocol: it shows that training, evaluation and the report work, and whether the
+    models learn beyond a caption-blind baseline. One thread per run."""
+    small = dict(rnn_size=128, input_encoding_size=128, att_hid_size=128, learning_rate="2e-3",
+                 max_epochs=30, save_checkpoint_every=480, val_images_use=60, rng="kit",
+                 device="cpu")
+    runs = []
+    for model, p in (("show_tell", -1), ("show_tell", 0.25), ("show_attend_tell", -1),
+                     ("show_attend_tell", 0.4)):
+        run = caption_run("captioning-shapes", model, p, 1, **small)
+        runs += [run, caption_eval_run(run, device="cpu")]
+    return Grid("smoke-captioning", "the captioning chain on the synthetic shapes set: both "
+                "models, vanilla and h-detach, 30 short epochs, then the test split (needs "
+                "--caption-data)", tuple(runs))
+
+
 def smoke():
     """Tiny copying runs for trying the tools (under a minute on a CPU: the grid took 28 s with
     one thread on a busy 2-core Xeon); its annealing leaves h-detach on for 3 of the 4 epochs,
@@ -202,7 +256,8 @@ def smoke_learns():
 GRIDS = {"paper-copying": paper_copying, "paper-transfer": paper_transfer,
          "paper-mnist": paper_mnist, "paper-ablations": paper_ablations, "paper": paper,
          "campaign-copying": campaign_copying, "campaign-seeds": campaign_seeds,
-         "campaign-T300": campaign_t300, "smoke": smoke, "smoke-learns": smoke_learns}
+         "campaign-T300": campaign_t300, "paper-captioning": paper_captioning,
+         "smoke-captioning": smoke_captioning, "smoke": smoke, "smoke-learns": smoke_learns}
 
 
 def catalog(grids_file=None):

@@ -80,7 +80,7 @@ def test_grids_are_the_papers():
         grid = make()
         assert grid.name == name and grid.runs
         assert len({run.name for run in grid.runs}) == len(grid.runs), name  # stable, unique
-    assert all(":" not in n or n.endswith(":transfer") for n in names)
+    assert all(":" not in n or n.endswith((":transfer", ":eval-test")) for n in names)
     copying_runs = grids.get_grid("paper-copying").runs
     settings = {(r.args[r.args.index("--T") + 1], "--p-detach" in r.args and
                  r.args[r.args.index("--p-detach") + 1]) for r in copying_runs}
@@ -101,10 +101,14 @@ def test_grids_are_the_papers():
 
 
 def test_every_grid_command_parses_with_its_script(tmp_path):
+    import caption_eval
+    import caption_train
     parsers = {"copying.py": copying.build_parser(), "pixelmnist.py": pixelmnist.build_parser(),
-               "transfer_copy.py": transfer_copy.build_parser()}
+               "transfer_copy.py": transfer_copy.build_parser(),
+               "caption_train.py": caption_train.build_parser(),
+               "caption_eval.py": caption_eval.build_parser()}
     for make in grids.GRIDS.values():
-        plan = sweep.Plan(make(), str(tmp_path))
+        plan = sweep.Plan(make(), str(tmp_path), data_args=["--caption-data", "/d/coco"])
         for run in plan.grid.runs:
             command = plan.command(run, "start")
             assert command[0] == "python"
@@ -695,3 +699,49 @@ def test_status_shows_each_runs_numerics(smoke_root, capsys):
     for model in SMOKE_MODELS:
         row = next(line for line in lines if line.startswith(model + " "))
         assert "portable (" in row, row
+
+
+# ----------------------------------------------------------------------------- captioning
+
+def test_captioning_grids_take_their_data_and_test_each_best_model(tmp_path, capsys):
+    """Issue 32: paper-captioning / smoke-captioning get the prepared data from --caption-data
+    (refused in one line without it), and an evaluation run per model that is done only while
+    its eval_test.json is of the best_model.pt the folder holds."""
+    root = tmp_path / "runs"
+    err = one_line_error(capsys, ["list", "smoke-captioning", "--root", root])
+    assert "--caption-data PREFIX" in err
+    err = one_line_error(capsys, ["list", "smoke-captioning", "--root", root,
+                                  "--caption-data", tmp_path / "none"])
+    assert "none.json" in err
+    prefix = tmp_path / "data" / "shapes"
+    prefix.parent.mkdir()
+    (tmp_path / "data" / "shapes.json").write_text("{}")
+    assert run_sweep("list", "smoke-captioning", "--root", root, "--caption-data",
+                     tmp_path / "data" / "shapes") == 0
+    lines = capsys.readouterr().out.splitlines()
+    tell = next(line for line in lines if "show_tell_vanilla_s1" in line)
+    attend = next(line for line in lines if "show_attend_tell_p0.4_s1" in line)
+    assert f"--input-json {prefix}.json --input-labels {prefix}_labels.npz --input-fc-dir " \
+           f"{prefix}_fc" in tell and "--input-att-dir" not in tell
+    assert f"--input-att-dir {prefix}_att" in attend
+    # The evaluation of a model: waiting, then to do, then done while best_model.pt is the same.
+    plan = sweep.Plan(grids.get_grid("smoke-captioning"), str(root))
+    model, evaluation = plan.grid.runs[0], plan.grid.runs[1]
+    assert evaluation.script == "caption_eval.py" and evaluation.model == model.name
+    assert evaluation.log_name == "eval.log"
+    assert plan.state(evaluation)[0] == "waiting"
+    folder = root / model.name
+    folder.mkdir(parents=True)
+    runfolder.write_json(folder / "config.json", {"task": "captioning", "args": {}})
+    runfolder.write_json(folder / "results.json", {})
+    (folder / "best_model.pt").write_bytes(b"best")
+    assert plan.state(evaluation)[0] == "start"
+    runfolder.write_json(folder / "eval_test.json", {
+        "checkpoint": {"sha256": runfolder.file_sha256(folder / "best_model.pt")},
+        "metrics": {"CIDEr": 0.5}})
+    assert plan.state(evaluation) == ("done", {"message": "test CIDEr 0.500"})
+    (folder / "best_model.pt").write_bytes(b"a newer best")
+    assert plan.state(evaluation)[0] == "start"
+    assert plan.command(evaluation, "start")[1:] == [
+        os.path.relpath(ROOT / "caption_eval.py"), "--model-dir", str(folder), "--split", "test",
+        "--device", "cpu"]
