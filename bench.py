@@ -7,6 +7,8 @@
                                          # in alternating fresh processes (running/numerics.py)
     python bench.py --compare-flush RUN  # a trained run's step (its last.pt) with IEEE
                                          # denormals vs --flush-denormal, one thread
+    python bench.py --captioning         # a show_tell training step: this kit's model vs the
+                                         # authors' branch's per-step nn.LSTM loop
 
 It prints its progress and each result as it is measured (to stderr, the tables to stdout).
 
@@ -547,6 +549,94 @@ def compare_flush(folder, reps):
             "flushed_over_ieee": round(ms[True] / ms[False], 3), "gradients_apart": apart}
 
 
+class BranchShowTell(nn.Module):
+    """Show and Tell as the authors' branch computes its training step: ``nn.LSTM(bias=False)``
+    called once per time step, ``h.detach()`` on the drawn steps (its ShowTellModel.forward),
+    with the same weights as ``ours`` (copied), for a side-by-side timing."""
+
+    def __init__(self, ours):
+        super().__init__()
+        self.ours = ours
+        lstm = ours.lstm
+        self.core = nn.LSTM(lstm.input_size, lstm.hidden_size, bias=False)
+        with torch.no_grad():
+            self.core.weight_ih_l0.copy_(lstm.weight_ih)
+            self.core.weight_hh_l0.copy_(lstm.weight_hh)
+
+    def forward(self, fc, labels, p, rng):
+        from captioning.models import caption_steps
+        ours = self.ours
+        steps = caption_steps(labels)
+        state, outputs = None, []
+        for t in range(steps + 1):
+            xt = ours.img_embed(fc) if t == 0 else ours.embed(labels[:, t - 1])
+            if state is not None and p > 0 and rng.random() <= p:
+                state = (state[0].detach(), state[1])
+            out, state = self.core(xt.unsqueeze(0), state)
+            if t > 0:
+                outputs.append(out[0])
+        return ours._readout(torch.stack(outputs, 1))
+
+
+def compare_captioning(reps, device=torch.device("cpu"), vocab=9487, hidden=512, fc_size=2048,
+                       length=16):
+    """A show_tell training step (forward, masked NLL, backward, element-wise clamp, Adam) at
+    the branch's sizes (10 images x 5 captions, 512 units, 2048-d fc features, COCO's 9,487
+    words, 16 words + end), p = 0.25: this kit's model (the whole caption through the fast
+    HDetachLSTM) against the branch's per-step nn.LSTM loop with the same weights, interleaved,
+    median of ``reps`` after a warm-up."""
+    import random
+
+    from captioning.models import LanguageModelCriterion, build_model
+    torch.manual_seed(0)
+    batch = 50
+    ours = build_model("show_tell", vocab, input_encoding_size=hidden, rnn_size=hidden,
+                       fc_feat_size=fc_size).to(device)
+    branch = BranchShowTell(ours).to(device)
+    fc = torch.randn(batch, fc_size, device=device)
+    labels = torch.zeros(batch, length + 2, dtype=torch.long, device=device)
+    labels[:, 1:length + 1] = torch.randint(1, vocab + 1, (batch, length), device=device)
+    masks = (torch.arange(length + 2, device=device) <= length + 1).float().expand(batch, -1)
+    criterion = LanguageModelCriterion()
+    generator, rng = torch.Generator().manual_seed(1), random.Random(1)
+
+    def step(name):
+        model = ours if name == "ours" else branch
+        optimizer = steps_state.setdefault(name, torch.optim.Adam(model.parameters(), 1e-4))
+        logprobs = ours(fc, None, labels, p=0.25, generator=generator) if name == "ours" else \
+            branch(fc, labels, 0.25, rng)
+        loss = criterion(logprobs, labels[:, 1:], masks[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for param in model.parameters():
+            if param.grad is not None:
+                param.grad.clamp_(-0.1, 0.1)
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    steps_state = {}
+    names = ("ours", "branch")
+    for name in names:  # warm-up
+        step(name)
+    times = {name: [] for name in names}
+    for _ in range(reps):
+        for name in names:
+            start = time.perf_counter()
+            step(name)
+            times[name].append(1000 * (time.perf_counter() - start))
+    result = {name: statistics.median(values) for name, values in times.items()}
+    result["ours_over_branch"] = result["ours"] / result["branch"]
+    print(f"\n{device.type} / captioning show_tell step (10 images x 5 captions, {hidden} "
+          f"units, vocab {vocab}, {length + 1} steps, p=0.25; median of {reps}, "
+          f"threads={torch.get_num_threads()})")
+    print(f"{'candidate':<28}{'ms/step':>10}")
+    print(f"{'ours (fast HDetachLSTM)':<28}{result['ours']:>10.1f}")
+    print(f"{'branch (per-step nn.LSTM)':<28}{result['branch']:>10.1f}")
+    print(f"ours / branch: {result['ours_over_branch']:.3f}")
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repetitions instead of 7")
@@ -560,6 +650,9 @@ def main(argv=None):
     parser.add_argument("--compare-flush", metavar="RUN_DIR",
                         help="only time a trained run's step (RUN_DIR/last.pt) with IEEE "
                              "denormals vs --flush-denormal, alternated, one thread")
+    parser.add_argument("--captioning", action="store_true",
+                        help="only time a show_tell training step: this kit's model vs the "
+                             "authors' branch's per-step nn.LSTM loop, same weights")
     parser.add_argument("--numerics-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 7)
@@ -568,6 +661,8 @@ def main(argv=None):
         return {}
     if args.compare_numerics:
         return {"numerics": compare_numerics(args.reps or 30)}
+    if args.captioning:
+        return {"captioning": compare_captioning(reps)}
     if args.compare_flush:
         try:
             return {"flush": compare_flush(args.compare_flush, args.reps or 10)}

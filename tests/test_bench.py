@@ -53,3 +53,39 @@ def test_compare_flush_times_a_trained_runs_step_both_ways_and_restores_ieee(tmp
     assert bench.main(["--compare-flush", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no checkpoint at" in err[0]
+
+
+def test_the_captioning_row_compares_like_for_like(capsys):
+    """bench.py --captioning: the branch-style per-step nn.LSTM model holds our weights and, with
+    nothing detached and no dropout, computes our loss and gradients; the row prints both."""
+    import random
+
+    import torch
+
+    from captioning.models import LanguageModelCriterion, build_model
+    torch.manual_seed(0)
+    ours = build_model("show_tell", 11, input_encoding_size=6, rnn_size=6, fc_feat_size=5,
+                       drop_prob_lm=0.0).double()
+    branch = bench.BranchShowTell(ours).double()
+    fc = torch.randn(4, 5, dtype=torch.float64)
+    labels = torch.tensor([[0, 3, 4, 0, 0], [0, 1, 2, 5, 0], [0, 7, 0, 0, 0], [0, 9, 9, 9, 0]])
+    masks = (labels > 0).double()
+    masks[:, 0] = 1
+    masks[torch.arange(4), (labels > 0).sum(1) + 1] = 1
+    criterion = LanguageModelCriterion()
+    losses, grads = [], []
+    for model, run in ((ours, lambda: ours(fc, None, labels, p=0.0)),
+                       (branch, lambda: branch(fc, labels, 0.0, random.Random(0)))):
+        ours.zero_grad(set_to_none=True)
+        branch.zero_grad(set_to_none=True)
+        loss = criterion(run(), labels[:, 1:], masks[:, 1:])
+        loss.backward()
+        losses.append(loss.item())
+        lstm_grad = ours.lstm.weight_hh.grad if model is ours else branch.core.weight_hh_l0.grad
+        grads.append((ours.logit.weight.grad.clone(), lstm_grad.clone()))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    result = bench.compare_captioning(1, vocab=11, hidden=6, fc_size=5, length=4)
+    assert result["ours"] > 0 and result["branch"] > 0
+    assert "ours / branch:" in capsys.readouterr().out
