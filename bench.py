@@ -63,7 +63,7 @@ import threading
 import time
 
 if __name__ == "__main__":
-    # Before torch loads: it picks its CPU kernels once, at import (running/numerics.py, --numerics).
+    # Before torch loads: it picks its CPU kernels once, at import (running/numerics.py).
     from running import numerics
     numerics.pin_before_torch(sys.argv[1:])
 
@@ -643,7 +643,8 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per candidate")
     parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
     parser.add_argument("--numerics", choices=["portable", "native"], default="portable",
-                        help="the CPU kernels of this process (running/numerics.py; default portable)")
+                        help="the CPU kernels of this process (running/numerics.py; default "
+                             "portable)")
     parser.add_argument("--compare-numerics", action="store_true",
                         help="only time the fast step with portable vs native numerics, in "
                              "alternating fresh processes (3 pairs)")

@@ -18,7 +18,7 @@ import os
 import sys
 
 if __name__ == "__main__":
-    # Before torch loads: it picks its CPU kernels once, at import (running/numerics.py, --numerics).
+    # Before torch loads: it picks its CPU kernels once, at import (running/numerics.py).
     from running import numerics
     numerics.pin_before_torch(sys.argv[1:])
 

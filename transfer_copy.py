@@ -17,7 +17,7 @@ import os
 import sys
 
 if __name__ == "__main__":
-    # Before torch loads: it picks its CPU kernels once, at import (running/numerics.py, --numerics).
+    # Before torch loads: it picks its CPU kernels once, at import (running/numerics.py).
     from running import numerics
     numerics.pin_before_torch(sys.argv[1:])
 
@@ -107,7 +107,8 @@ def run(args, device):
     net, checkpoint, path, digest = load_model(args.model_dir, device)
     # transfer.json goes beside the checkpoint: refuse a folder that cannot take it before the
     # minutes of measuring, not after.
-    check_writable(os.path.dirname(os.path.abspath(path)), "the model's folder (for transfer.json)")
+    check_writable(os.path.dirname(os.path.abspath(path)),
+                   "the model's folder (for transfer.json)")
     trained_t = checkpoint["config"].get("T")
     print(describe_checkpoint(checkpoint, path))
     print(f"{'T':>6}  {'accuracy %':>10}  {'loss':>8}")

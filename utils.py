@@ -140,7 +140,7 @@ def add_run_flags(parser, seed, lr, epochs, anneal_p):
     add_numerics_flag(parser)
 
 
-# ----------------------------------------------------------------------------- the authors' weights
+# ------------------------------------------------------------------------- the authors' weights
 
 def init_like_authors(net):
     """Give ``net`` (an ``HDetachNet``) the initial weights the authors' ``Net`` draws, from

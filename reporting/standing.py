@@ -2,8 +2,8 @@
 README's paragraph on "does h-detach converge faster" (``report.py --readme`` regenerates it
 between ``<!-- standing:begin -->`` and ``<!-- standing:end -->``).
 
-Nothing new is computed here: the sentences are the convergence counts (``convergence``),
-the paired comparison (``paired``) and the c-detach sentence (``text``), with the sample size in the
+Nothing new is computed here: the sentences are the convergence counts (``convergence``), the
+paired comparison (``paired``) and the c-detach sentence (``text``), with the sample size in the
 same paragraph, so that no number of ours in the README's interpretation is typed by hand.
 Counts say how many seeds they are over and name the seeds whose runs have not got there.
 """

@@ -1,5 +1,5 @@
-"""Portable numerics (running/numerics.py): the pin decides the numbers, the fingerprint records what
-ran, and a resume on other arithmetic says so."""
+"""Portable numerics (running/numerics.py): the pin decides the numbers, the fingerprint records
+what ran, and a resume on other arithmetic says so."""
 import json
 import os
 import subprocess

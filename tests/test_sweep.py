@@ -1,5 +1,5 @@
-"""sweep.py and running/grids.py: the grids as data, list / run / status / slurm, for real on the smoke
-grid (and on small grids of the test's own, given with --grids)."""
+"""sweep.py and running/grids.py: the grids as data, list / run / status / slurm, for real on the
+smoke grid (and on small grids of the test's own, given with --grids)."""
 import json
 import os
 import shlex
