@@ -380,6 +380,17 @@ def caption_data_flags(prefix, run):
     return flags
 
 
+def best_text(info, unit=False):
+    """A run's best validation score as a table cell (``99.50``, with ``unit`` ``99.50%``) or,
+    for a captioning run, its CIDEr (``CIDEr 0.667``); empty before the first evaluation."""
+    best = info.get("best_valid")
+    if best is None:
+        return ""
+    if info.get("best_kind") == "CIDEr":
+        return f"CIDEr {best:.3f}"
+    return f"{best:.2f}" + ("%" if unit else "")
+
+
 def short_duration(seconds):
     """3725 -> '1h02m', 90 -> '1m30s', 2 days and more -> '2d5h': a status-table estimate."""
     if seconds < 0.5:
@@ -472,7 +483,7 @@ def cmd_status(args):
             word = {"paused": "paused", "stopped": "stopped",
                     "interrupted": "interrupted"}[raw["state"]]
             shown = f"{word} at epoch {raw['epochs']} of {raw['planned'] or '?'}"
-        best = f"{raw['best_valid']:.2f}" if raw["best_valid"] is not None else ""
+        best = best_text(raw)
         pace, to_go = raw["epoch_s"], ""
         target = min((t for t in (raw["planned"], plan.until) if t), default=None)
         if pace is not None and target is not None and raw["state"] not in ("done", "failed") \
@@ -588,10 +599,9 @@ class LocalSweep:
         info = RunFolder(folder).status()
         if info["state"] == "done":
             self.finished.append(run.name)
-            best = info["best_valid"]
             self.say(f"   done  {run.name}: {info['epochs']} epoch"
                      f"{'' if info['epochs'] == 1 else 's'}, best valid "
-                     f"{best:.2f}%")
+                     f"{best_text(info, unit=True)}")
         elif info["state"] == "paused":
             self.finished.append(run.name)
             self.say(f" paused  {run.name} at epoch {info['epochs']} of {info['planned']} "

@@ -1032,7 +1032,7 @@ class RunFolder:
             scores = [row.get("CIDEr") for row in rows if row.get("CIDEr") is not None]
             epochs = max(rows[-1]["epoch"], int(saved.get("epoch") or 0))
             info = {"epochs": epochs, "planned": planned,
-                    "best_valid": max(scores) if scores else None,
+                    "best_valid": max(scores) if scores else None, "best_kind": "CIDEr",
                     "epoch_s": evaluation_epoch_seconds(rows), "message": None}
         else:
             epochs = rows[-1]["epoch"] if rows else 0
@@ -1042,7 +1042,7 @@ class RunFolder:
                           if row["valid_accuracy"] is not None]
             info = {"epochs": epochs, "planned": planned,
                     "best_valid": max(accuracies) if accuracies else None,
-                    "epoch_s": epoch_seconds(rows), "message": None}
+                    "best_kind": "accuracy", "epoch_s": epoch_seconds(rows), "message": None}
         pid = self.holder_pid()
         if pid is not None:
             state = "running"
