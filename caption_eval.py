@@ -17,7 +17,6 @@ paths the run was trained with (its checkpoint's config); the --input-* flags ov
 features.json: network, weights, att size), computing the features on the fly; it prints
 ``file<TAB>caption`` per image and writes nothing.
 """
-import argparse
 import os
 import sys
 
@@ -33,7 +32,7 @@ from running.devices import resolve_device
 from running.errors import UsageError, report_errors
 from running.runfolder import (check_writable, file_sha256, read_checkpoint, read_json,
                                set_threads)
-from utils import ArgParser, add_threads_flag, positive_int
+from utils import ArgParser, add_threads_flag, image_count, positive_int
 
 TASK = "captioning"
 SPLITS = ("test", "val")
@@ -42,18 +41,6 @@ SPLITS = ("test", "val")
 DATA_FLAGS = {"input_json": ("input_json",), "input_labels": ("input_labels", "input_label_h5"),
               "input_fc_dir": ("input_fc_dir",), "input_att_dir": ("input_att_dir",)}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-def images_count(text):
-    """--num-images: -1 (the whole split) or at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value == 0 or value < -1:
-        raise argparse.ArgumentTypeError(f"must be -1 (the whole split) or at least 1, got "
-                                         f"{value}")
-    return value
 
 
 def build_parser():
@@ -68,7 +55,7 @@ def build_parser():
     parser.flag("--beam-size", type=positive_int, default=1, metavar="N",
                 help="1: greedy decoding, as the branch's evaluation (default); more: beam "
                      "search with N beams")
-    parser.flag("--num-images", type=images_count, default=-1, metavar="N",
+    parser.flag("--num-images", type=image_count, default=-1, metavar="N",
                 help="evaluate the split's first N images (default -1: all of them)")
     parser.flag("--max-length", type=positive_int, default=MAX_LENGTH, metavar="N",
                 help=f"the most words of a decoded caption (default {MAX_LENGTH}, the branch's)")

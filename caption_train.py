@@ -70,7 +70,7 @@ from running.resume import RNG_MODES
 from running.runfolder import CAPTION_COLUMNS, CAPTION_METRICS, TrainingRun, training_main
 from running.seeding import set_seed
 from utils import (ArgParser, StopSignals, add_threads_flag, detach_probability, finite_float,
-                   non_negative_int, positive_float, positive_int, seed_value)
+                   image_count, non_negative_int, positive_float, positive_int, seed_value)
 
 TASK = "captioning"
 COMMAND = "python caption_train.py"
@@ -83,17 +83,6 @@ def dropout_probability(text):
     value = finite_float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def image_count(text):
-    """--val-images-use: a positive number of images, or -1 for the whole split (the branch's)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value == 0 or value < -1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, or -1 for all, got {value}")
     return value
 
 

@@ -59,6 +59,14 @@ def non_negative_int(text):
     return _whole_number(text, 0, rule="0 or more")
 
 
+def image_count(text):
+    """A number of images: at least 1, or -1 for the whole split (the branch's convention)."""
+    value = _whole_number(text, -1, rule="-1 (the whole split) or at least 1")
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be -1 (the whole split) or at least 1, got 0")
+    return value
+
+
 def seed_value(text):
     """A seed numpy and torch both take: a whole number in 0 .. 2**32 - 1."""
     return _whole_number(text, 0, 2 ** 32 - 1, rule=f"in 0..{2 ** 32 - 1}")
