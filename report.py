@@ -16,6 +16,15 @@ programs), valid_accuracy.png (validation accuracy against epoch, one panel per 
 and transfer.png (transfer copying accuracy against T', when any run has a transfer.json);
 convergence.png (copying: seeds at 99 % against epoch, and every seed's curve, when any copying
 run is there).
+
+Captioning runs (caption_train.py) get a section of their own, only where there are any: per
+setting, each seed's test-split metrics (caption_eval.py's eval_test.json, marked out of date
+when it is not of the best_model.pt the folder holds now), their mean and sd, and the
+best-validation seed's; the authors' README numbers only beside the authors' commands on COCO's
+Karpathy split (the data set is told by the run's labels JSON); on the synthetic shapes set, the
+caption-blind baseline instead (the most frequent training caption, scored once per data set;
+it needs Java, as the caption metrics do).
+
 With --readme PATH, PATH's marked blocks are regenerated, whichever it has (at least one): the
 lines between ``<!-- report:begin -->`` and ``<!-- report:end -->`` are replaced by the tables,
 those between ``<!-- standing:begin -->`` and ``<!-- standing:end -->`` by the copying runs in
@@ -27,22 +36,26 @@ import math
 import os
 import sys
 
+from reporting.captioning import caption_summary, captioning_summary
 from reporting.convergence import convergence_summary
 from reporting.figures import convergence_figure, curves_figure, transfer_figure
 from reporting.markdown import BEGIN, END, markdown_body, readme_block_lines, write_readme
 from reporting.paired import paired_summaries
+from reporting.refs import CAPTION_REFERENCE
 from reporting.refs import REFERENCE, SOURCES, TRANSFER_T  # noqa: F401 (part of report's API)
 from reporting.runs import (SOLVED, base_label, best_of, experiment_name,  # noqa: F401
                             group_settings, load_runs, normalise_args, summarise)
 from reporting.standing import BEGIN as STANDING_BEGIN, END as STANDING_END, readme_paragraphs
 from running.errors import UsageError, report_errors
-from running.runfolder import EventLog, RunFolder, atomic_write, check_writable
+from running.runfolder import (CAPTION_COLUMNS, EventLog, RunFolder, atomic_write,
+                               check_writable)
 from utils import ArgParser
 
 # The report's layers, each importing only those below it (reporting/):
 #   refs (reference numbers, as data)  ->  runs (reading and summarising run folders)
 #   ->  analyses: convergence (copying seeds at 99 %), paired (h-detach vs vanilla per seed),
-#       transfer (which delays to set side by side)
+#       transfer (which delays to set side by side), captioning (its settings' numbers and the
+#       caption-blind baseline)
 #   ->  rendering: text (shared words and tables) -> standing (the copying runs in sentences)
 #       -> markdown (tables, README block); figures (PNGs)  ->  this command line.
 
@@ -64,6 +77,8 @@ def clean(value):
 EPOCH_TAGS = {"valid_accuracy": "valid/accuracy", "valid_loss": "valid/loss",
               "train_loss": "train/epoch_loss", "p_detach": "p_detach",
               "test_accuracy": "test/accuracy"}
+CAPTION_TAGS = {column: key for column, key in CAPTION_COLUMNS.items()
+                if column not in ("epoch", "iteration", "elapsed_s")}
 
 
 def write_tensorboard(root, runs, out):
@@ -75,9 +90,12 @@ def write_tensorboard(root, runs, out):
         os.makedirs(folder, exist_ok=True)
         log = EventLog(folder)
         for row in RunFolder(os.path.join(root, run["path"])).metrics():
-            for column, tag in EPOCH_TAGS.items():
+            # captioning: a row per evaluation, at step = iteration, as caption_train.py logs
+            tags, step = (CAPTION_TAGS, row["iteration"]) if run["task"] == "captioning" \
+                else (EPOCH_TAGS, row["epoch"])
+            for column, tag in tags.items():
                 if row.get(column) is not None and math.isfinite(row[column]):
-                    log.scalar(tag, row[column], row["epoch"])
+                    log.scalar(tag, row[column], step)
         log.close()
 
 
@@ -125,23 +143,32 @@ def run(args):
     runs, skipped = load_runs(root)
     settings = group_settings(runs)
     for setting in settings:
+        if setting["task"] == "captioning":
+            setting["summary"] = caption_summary(setting)
+            continue
         setting["summary"] = summarise(setting)
         if setting["task"] == "copying":
             setting["convergence"] = convergence_summary(setting)
+    # Captioning: its own section and numbers (a baseline is scored once per data set).
+    captioning = captioning_summary(settings) \
+        if any(s["task"] == "captioning" for s in settings) else None
     os.makedirs(out, exist_ok=True)
 
-    figures = [("valid_accuracy.png", "Validation accuracy against epoch, one panel per "
-                                      "experiment")]
-    curves_figure(settings, os.path.join(out, figures[0][0]))
+    figures = []
+    by_epoch = [s for s in settings if s["task"] != "captioning"]
+    if by_epoch:
+        figures.append(("valid_accuracy.png", "Validation accuracy against epoch, one panel per "
+                                              "experiment"))
+        curves_figure(by_epoch, os.path.join(out, figures[-1][0]))
     if any(run.get("transfer") for run in runs):
         figures.append(("transfer.png", "Transfer copying accuracy against T'"))
-        transfer_figure(runs, os.path.join(out, figures[1][0]))
+        transfer_figure(runs, os.path.join(out, figures[-1][0]))
     if convergence_figure(settings, os.path.join(out, "convergence.png")):
         figures.append(("convergence.png", "Copying: seeds at 99 % against epoch, and every "
                                            "seed's validation curve"))
 
     data = {"settings_full": settings, "runs_full": runs, "skipped": skipped,
-            "paired": paired_summaries(settings)}
+            "paired": paired_summaries(settings), "captioning": captioning}
     report = "# h-detach: the paper's results beside ours\n\n" + markdown_body(
         data, figures, "##", "", args.root)
     atomic_write(os.path.join(out, "report.md"), lambda handle: handle.write(report.encode()))
@@ -152,13 +179,18 @@ def run(args):
         "settings": [dict({k: v for k, v in s.items() if k not in ("runs", "repeats")},
                           runs=[run["path"] for run in s["runs"]],
                           repeats=[run["path"] for run in s["repeats"]]) for s in settings],
-        "runs": [{k: v for k, v in run.items() if k != "key"} for run in runs],
+        # (a captioning run's labels_file: a path of this machine)
+        "runs": [{k: v for k, v in run.items() if k not in ("key", "labels_file")}
+                 for run in runs],
         "skipped": skipped,
         "paired": data["paired"],
         "references": [dict(ref._asdict(), source_detail=SOURCES[ref.source])
                        for ref in REFERENCE],
         "figures": [name for name, _ in figures],
     }
+    if captioning is not None:
+        public["captioning"] = dict(captioning, references=[
+            dict(ref._asdict(), source_detail=SOURCES[ref.source]) for ref in CAPTION_REFERENCE])
     text = json.dumps(clean(public), indent=1, sort_keys=True) + "\n"
     atomic_write(os.path.join(out, "report.json"), lambda handle: handle.write(text.encode()))
     written = [os.path.join(out, name) for name in ("report.md", "report.json")] + \

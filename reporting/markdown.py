@@ -1,11 +1,12 @@
 """The report's markdown: its tables and sections, and the README block it regenerates."""
 import os
 
+from reporting.captioning import greedy_eval
 from reporting.convergence import (CDETACH_CROSS, MILESTONES, accuracy_at, cdetach_pairs,
                                    common_epoch, first_above, is_copying)
 from reporting.paired import PAIR_EPOCHS
 from reporting.refs import (MAIN_EXPERIMENTS, PAPER, REFERENCE, REPRO, SOURCES,
-                            reference_settings, references)
+                            caption_references, reference_settings, references)
 from reporting.runs import (SOLVED, completeness, experiment_order, is_ablation, seed_of,
                             setting_order)
 from reporting.standing import standing_section
@@ -14,7 +15,7 @@ from reporting.text import (ahead_from_text, ahead_text, best_text, cdetach_sent
                             solved_pair_text, table, test_set_text)
 from reporting.transfer import transfer_delays, transfer_groups
 from running.errors import UsageError
-from running.runfolder import atomic_write
+from running.runfolder import CAPTION_METRICS, atomic_write
 
 BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
 
@@ -240,7 +241,8 @@ def runs_section(runs):
 
 def numerics_notes(settings):
     """One line per setting whose runs did not all record the same arithmetic (numerics mode
-    and kernels, see running/numerics.py): their seeds are then not bit-for-bit comparable runs."""
+    and kernels, see running/numerics.py): their seeds are then not bit-for-bit comparable
+    runs."""
     lines = []
     for setting in settings:
         labels = {}
@@ -253,14 +255,16 @@ def numerics_notes(settings):
     if not lines:
         return []
     return (["Settings whose runs recorded different (or no) numerics fingerprints; "
-             "`unrecorded` runs predate the fingerprint (see docs/reproducibility.md):", ""] + lines + [""])
+             "`unrecorded` runs predate the fingerprint (see docs/reproducibility.md):", ""]
+            + lines + [""])
 
 
 def markdown_body(data, figures, h, figure_dir, root, standing=True):
     """The report's sections (headings at level ``h``), figures linked from ``figure_dir``;
     ``standing``: open with the copying runs in words (the README has its own block of it)."""
     settings, runs = data["settings_full"], data["runs_full"]
-    experiments = sorted({s["experiment"] for s in settings} | set(MAIN_EXPERIMENTS) |
+    experiments = sorted({s["experiment"] for s in settings if s["task"] != "captioning"} |
+                         set(MAIN_EXPERIMENTS) |
                          {ref.experiment for ref in REFERENCE
                           if not ref.experiment.startswith("transfer")},
                          key=experiment_order)
@@ -295,6 +299,7 @@ def markdown_body(data, figures, h, figure_dir, root, standing=True):
               "the protocol's is shown (best model, 5,000 sequences, seed 555) and the others "
               "are listed below the table.", ""]
     lines += transfer_section(runs) + [""]
+    lines += captioning_section(data.get("captioning"), settings, h)  # nothing without runs
     ablations = [e for e in experiments if is_ablation(e)]
     lines += [f"{h} Ablations", "",
               "c-detach (the cell state c is detached instead of h, same p) and training "
@@ -316,7 +321,186 @@ def markdown_body(data, figures, h, figure_dir, root, standing=True):
     return "\n".join(line.rstrip() for line in lines).rstrip() + "\n"
 
 
-# ----------------------------------------------------------------------------- convergence, c-detach, pairs
+# ----------------------------------------------------------------------------- captioning
+
+METRIC_NAMES = {"Bleu_1": "BLEU-1", "Bleu_2": "BLEU-2", "Bleu_3": "BLEU-3", "Bleu_4": "BLEU-4",
+                "METEOR": "METEOR", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr"}
+
+
+def x100(value):
+    """A coco-caption number as the papers print it (CIDEr 0.98 -> 98.00), or an em dash."""
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def metric_cells(metrics):
+    return [x100((metrics or {}).get(name)) for name in CAPTION_METRICS]
+
+
+def best_val_text(best, iteration, final):
+    if not best or best.get("CIDEr") is None:
+        return "no evaluation yet" if not best else \
+            f"loss {best['loss']:.4f} (no CIDEr)" if best.get("loss") is not None else "—"
+    return (f"{x100(best['CIDEr'])} (iteration {iteration})" + ("" if final else " (so far)"))
+
+
+def caption_eval_text(run, item):
+    """What a test evaluation is of, and whether it is up to date."""
+    if item is None:
+        return (f"not evaluated on the test split yet (caption_eval.py --model-dir {run['path']} "
+                "--split test)")
+    where = f"iteration {item['checkpoint_iteration']}" \
+        if item["checkpoint_iteration"] is not None else item["checkpoint"]
+    if not item["best_model"]:
+        text = f"{item['file']} of {where}: no best_model.pt to check it against"
+    elif not item["current"]:
+        text = (f"{item['file']} of {where}: out of date (best_model.pt has changed since: "
+                f"run caption_eval.py again)")
+    else:
+        text = f"{item['file']}: best_model.pt of {where}"
+        text += "" if run["final"] else " (the best so far: run not finished)"
+    if item["split_images"] is not None and item["images"] != item["split_images"]:
+        text += f"; on {item['images']} of the {item['split_images']} test images"
+    elif item["images"] is not None:
+        text += f"; {item['images']} test images"
+    if item["distinct_captions"] == 1 and (item["images"] or 0) > 1:
+        text += f"; the same caption for all {item['images']} images"
+    if item["beam_size"] > 1:
+        text += (f"; beam search (beam {item['beam_size']}), not the protocol's greedy "
+                 "decoding: not in the mean")
+    return text
+
+
+def caption_stat_cells(stats):
+    cells = []
+    for name in CAPTION_METRICS:
+        stat = stats[name]
+        if stat["n"] == 0:
+            cells.append("—")
+        elif stat["n"] == 1:
+            cells.append(f"{x100(stat['mean'])} (n = 1)")
+        else:
+            cells.append(f"{x100(stat['mean'])} ± {100 * stat['sd']:.2f}")
+    return cells
+
+
+def caption_setting_rows(setting):
+    summary = setting["summary"]
+    label = setting["label"]
+    rows = []
+    for run in setting["runs"]:
+        item = greedy_eval(run)
+        rows.append([label, f"seed {seed_of(run)}", completeness(run),
+                     best_val_text(run["best_val"], run["best_iteration"], run["final"]),
+                     *metric_cells(item and item["metrics"]), caption_eval_text(run, item)])
+        for beam in run["evaluations"]:
+            if beam["beam_size"] > 1:
+                rows.append([label, f"seed {seed_of(run)}, beam {beam['beam_size']}",
+                             completeness(run), "", *metric_cells(beam["metrics"]),
+                             caption_eval_text(run, beam)])
+    for run in setting["repeats"]:
+        rows.append([label, f"seed {seed_of(run)} (repeat of {run['repeat_of']}: not counted)",
+                     completeness(run),
+                     best_val_text(run["best_val"], run["best_iteration"], run["final"]),
+                     *metric_cells(None), ""])
+    stats = summary["test"]
+    n = stats[CAPTION_METRICS[0]]["n"]
+    note = (f"over seed{'s' if n != 1 else ''} {', '.join(map(str, summary['test_counted']))}"
+            if n else "no seed's test evaluation counts yet")
+    if summary["test_not_counted"]:
+        note += "; not counted: " + "; ".join(f"seed {item['seed']}: {item['why']}"
+                                             for item in summary["test_not_counted"])
+    if summary["test_so_far"]:
+        note += " (so far: not every run counted has finished)"
+    rows.append([label, "mean ± sd over seeds", runs_text(setting["runs"]), "",
+                 *caption_stat_cells(stats), note])
+    chosen = next((run for run in setting["runs"] if run["path"] == summary["best_valid_run"]),
+                  None)
+    if chosen is None:
+        rows.append([label, "best-validation seed", "no evaluation yet", "",
+                     *metric_cells(None), ""])
+    else:
+        unfinished = summary["n_runs"] - summary["n_done"]
+        note = summary["best_valid_test_problem"] or "its test evaluation"
+        if not chosen["final"]:
+            note += " (not final: the run has not finished)"
+        elif unfinished:
+            note += (f" (seed choice not final: {unfinished} of {summary['n_runs']} runs "
+                     "unfinished)")
+        rows.append([label, f"best-validation seed: {seed_of(chosen)}", completeness(chosen),
+                     best_val_text(chosen["best_val"], chosen["best_iteration"],
+                                   chosen["final"]),
+                     *metric_cells(summary["test_of_best_valid_run"]), note])
+    for ref in summary["references"]:
+        rows.append([label, ref["source"], "", "", *reference_cells(ref),
+                     f"{ref['where']}: {ref['text']}"])
+    return rows
+
+
+def reference_cells(ref):
+    """A reference number in its metric's column (the papers' scale already)."""
+    return [f"{ref['value']:.1f}" if name == ref["kind"] else "—" for name in CAPTION_METRICS]
+
+
+def captioning_section(captioning, settings, h):
+    """The captioning runs per experiment (model and data set), with the references beside
+    the authors' commands on COCO only (markdown lines ending with a blank one); empty when
+    there is no captioning run."""
+    if not captioning:
+        return []
+    lines = [f"{h} Image captioning", "",
+             "Test-split metrics (caption_eval.py --split test: greedy decoding, "
+             "coco-caption's BLEU 1-4, METEOR, ROUGE-L and CIDEr-D; SPICE is not computed) of "
+             "each seed's best_model.pt (its best validation CIDEr), their mean and sample "
+             "standard deviation over the seeds whose evaluation is of the best_model.pt there "
+             "now and of the whole test split, and the test metrics of the best-validation seed "
+             "(the paper's rule: the seed with the highest best validation CIDEr). Every metric "
+             "is coco-caption's number x 100, as the papers print them (a CIDEr of 0.98 reads "
+             "98.00). The authors' README numbers (COCO, Karpathy test split) stand only beside "
+             "the authors' commands on that split; runs on other data, such as the synthetic "
+             "shapes set, are experiments of their own, without them.", ""]
+    by_experiment = {}
+    for setting in settings:
+        if setting["task"] == "captioning":
+            by_experiment.setdefault(setting["experiment"], []).append(setting)
+    header = ["setting", "row", "runs (state, epochs done / planned)",
+              "best valid CIDEr (iteration)", *(METRIC_NAMES[m] for m in CAPTION_METRICS),
+              "test evaluation; note"]
+    for entry in captioning["experiments"]:
+        present = sorted(by_experiment.get(entry["experiment"], []), key=setting_order)
+        rows = []
+        for setting in present:
+            rows += caption_setting_rows(setting)
+        for base in entry["not_measured"]:
+            for ref in caption_references(entry["experiment"], base):
+                rows.append([base, ref.source, "not measured", "",
+                             *reference_cells(ref._asdict()), f"{ref.where}: {ref.text}"])
+        if "paper" in entry:
+            rows.append(["vanilla and h-detach", entry["paper"]["row"], "", "",
+                         entry["paper"]["text"], *[""] * (len(CAPTION_METRICS) - 1), ""])
+        for baseline in entry.get("baselines", []):
+            if "metrics" in baseline:
+                rows.append(["caption-blind baseline",
+                             f"the most frequent training caption (\"{baseline['caption']}\", "
+                             f"{baseline['count']} of {baseline['train_captions']}) for every "
+                             "test image", "", "", *metric_cells(baseline["metrics"]),
+                             f"{baseline['test_images']} test images of "
+                             f"{baseline['labels_json']}"])
+        lines += [f"{entry['experiment']}:", ""] + table(header, rows)
+        notes = []
+        for baseline in entry.get("baselines", []):
+            if "metrics" not in baseline:
+                error = baseline["error"]
+                where = f" ({baseline['labels_json']})" if baseline["labels_json"] else ""
+                notes.append(f"- the caption-blind baseline {error}{where}"
+                             if error.startswith("could not") else f"- baseline: {error}{where}")
+        if not entry["coco"]:
+            notes.append(f"- {entry['data_words']}: the COCO reference numbers are not set "
+                         "beside these runs.")
+        lines += ([""] + notes if notes else []) + [""]
+    return lines
+
+
+# ----------------------------------------------------------------------- convergence, c-detach, pairs
 
 def convergence_section(settings, h, milestones=MILESTONES):
     """The per-setting counts table and the per-seed table (markdown lines ending with a blank

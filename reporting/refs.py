@@ -126,3 +126,40 @@ def references(experiment, setting="any", kind=None, source=None):
     return [ref for ref in REFERENCE if ref.experiment == experiment
             and (setting == "any" or ref.setting == setting)
             and (kind is None or ref.kind == kind) and (source is None or ref.source == source)]
+
+
+# Image captioning (the authors' branch ``captioning``): the authors' README gives CIDEr on COCO's
+# Karpathy test split for one command per model; the paper has a captioning table too, but its
+# numbers are not in our sources, so it is named as not available, never guessed. Kept apart
+# from ``REFERENCE`` (whose experiments report.md and report.json list whatever runs there are):
+# these apply only where captioning runs are. Values are in the papers' convention, coco-caption's
+# number x 100 (CIDEr 0.98 is 98.0). ``experiment``: ``caption_experiment(model, COCO)``.
+COCO = "MS COCO"
+CAPTION_MODELS = ("show_tell", "show_attend_tell")
+CAPTION_PAPER_ROW = "paper (its captioning table)"
+NOT_AVAILABLE = "not available (its numbers are not in our sources)"
+
+
+def caption_experiment(model, data_words):
+    """A captioning experiment's name: the model and the data set, which the name always says
+    (only ``COCO``'s experiments carry reference numbers). No comma: a comma marks an
+    ablation."""
+    return f"captioning {model} ({data_words})" if data_words == COCO else \
+        f"captioning {model} [{data_words}]"
+
+
+CAPTION_REFERENCE = (
+    Ref(caption_experiment("show_tell", COCO), "h-detach p=0.25", "CIDEr", 98.0, None, AUTHORS,
+        "results (COCO, Karpathy test split)", "CIDEr 98.0 (the --p-detach 0.25 command)"),
+    Ref(caption_experiment("show_attend_tell", COCO), "h-detach p=0.4", "CIDEr", 103.3, None,
+        AUTHORS, "results (COCO, Karpathy test split)",
+        "CIDEr 103.3 (the --p-detach 0.4 command)"),
+    *(Ref(caption_experiment(model, COCO), None, "not_available", None, None, PAPER,
+          "captioning table", NOT_AVAILABLE) for model in CAPTION_MODELS),
+)
+
+
+def caption_references(experiment, setting="any", source=None):
+    return [ref for ref in CAPTION_REFERENCE if ref.experiment == experiment
+            and (setting == "any" or ref.setting == setting)
+            and (source is None or ref.source == source)]

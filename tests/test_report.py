@@ -628,7 +628,7 @@ def test_a_detach_setting_annealed_off_says_so(tmp_path):
            "3 epochs) |" in text
 
 
-# ----------------------------------------------------------------------------- what the figures show
+# ------------------------------------------------------------------------- what the figures show
 
 @pytest.fixture
 def figures_drawn(monkeypatch):
