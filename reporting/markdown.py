@@ -483,8 +483,10 @@ def captioning_section(captioning, settings, h):
                              f"the most frequent training caption (\"{baseline['caption']}\", "
                              f"{baseline['count']} of {baseline['train_captions']}) for every "
                              "test image", "", "", *metric_cells(baseline["metrics"]),
+                             # the file's name only: a committed report names no machine's
+                             # paths (the sweep stores its data paths absolute)
                              f"{baseline['test_images']} test images of "
-                             f"{baseline['labels_json']}"])
+                             f"{os.path.basename(baseline['labels_json'])}"])
         lines += [f"{entry['experiment']}:", ""] + table(header, rows)
         notes = []
         for baseline in entry.get("baselines", []):
