@@ -18,6 +18,7 @@ from running.errors import UsageError
 from running.runfolder import CAPTION_METRICS, atomic_write
 
 BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
+CAPTION_BEGIN, CAPTION_END = "<!-- captioning:begin -->", "<!-- captioning:end -->"
 
 
 # ----------------------------------------------------------------------------- markdown

@@ -111,7 +111,7 @@ def test_a_readme_with_the_sentences_only_gets_them_and_nothing_else(root, tmp_p
                "See results/report.md.\n")
     readme.write_text(content)
     run_report(root, tmp_path / "results", "--readme", readme)
-    assert f"{readme} (its sentences)" in capsys.readouterr().out
+    assert f"{readme} (its marked blocks: sentences)" in capsys.readouterr().out
     text = readme.read_text()
     head, rest = text.split("<!-- standing:begin -->\n")
     standing, tail = rest.split("<!-- standing:end -->\n")
