@@ -30,8 +30,8 @@ from captioning.metrics import table
 from captioning.models import MAX_LENGTH, build_model
 from running.devices import resolve_device
 from running.errors import UsageError, report_errors
-from running.runfolder import (check_writable, file_sha256, read_checkpoint, read_json,
-                               set_threads)
+from running.runfolder import (check_writable, file_sha256, holder_pid, read_checkpoint,
+                               read_json, set_threads)
 from utils import ArgParser, add_threads_flag, image_count, positive_int
 
 TASK = "captioning"
@@ -182,6 +182,12 @@ def evaluate(args, device):
     if not data.split_ix[split]:
         raise UsageError(f"{labels_json} has no {split} images")
     print(describe(checkpoint, path))
+    folder = os.path.dirname(os.path.abspath(path))
+    if holder_pid(folder) is not None:
+        # a run still training replaces best_model.pt whenever it improves: the result is of the
+        # best model so far (its SHA-256 goes into the file, so the report can tell)
+        print(f"note: {folder} is still training: this measures its best model so far",
+              file=sys.stderr, flush=True)
     metrics, predictions = evaluate_split(
         model, data, split, device, num_images=args.num_images, beam_size=args.beam_size,
         max_length=args.max_length, language_eval=True, progress=True)

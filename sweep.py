@@ -241,6 +241,9 @@ class Plan:
         best_model.pt the folder holds now, start otherwise."""
         split = _flag_text(run, "--split") or "test"
         path = os.path.join(folder.path, f"eval_{split}.json")
+        if not folder.has("best_model.pt"):
+            # a model paused before its first validation has nothing to evaluate yet
+            return "waiting", {"message": f"model {run.model}: no best_model.pt yet"}
         if not os.path.isfile(path):
             return "start", {}
         try:
@@ -349,10 +352,8 @@ def open_plan(args):
         raise UsageError(f"{grid.name}'s captioning runs need their data: --caption-data PREFIX "
                          "(PREFIX.json, PREFIX_labels.npz, PREFIX_fc, PREFIX_att, as "
                          "prepro_captions.py names them)")
-    if getattr(args, "caption_data", None) and \
-            not os.path.isfile(os.path.abspath(args.caption_data) + ".json"):
-        raise UsageError(f"--caption-data {args.caption_data}: no {args.caption_data}.json "
-                         "(make it with prepro_captions.py labels --output PREFIX)")
+    if getattr(args, "caption_data", None):
+        check_caption_data(args.caption_data, grid)
     return Plan(grid, args.root, getattr(args, "until_epoch", None), known, data_args(args),
                 run_args)
 
@@ -368,6 +369,26 @@ def data_args(args):
     if getattr(args, "caption_data", None):
         given += ["--caption-data", os.path.abspath(args.caption_data)]
     return given
+
+
+def check_caption_data(prefix, grid):
+    """Refuse, before any run starts, a --caption-data prefix that lacks what the grid's
+    captioning runs read: the labels (PREFIX.json, PREFIX_labels.npz), the fc features and, for
+    show_attend_tell, the att features."""
+    if prefix.endswith(".json"):
+        raise UsageError(f"--caption-data {prefix}: give the prefix without .json "
+                         f"(--caption-data {prefix[:-len('.json')]})")
+    needed = [(f"{prefix}.json", "prepro_captions.py labels --output PREFIX", os.path.isfile),
+              (f"{prefix}_labels.npz", "prepro_captions.py labels --output PREFIX",
+               os.path.isfile),
+              (f"{prefix}_fc", "prepro_captions.py features --output-dir PREFIX", os.path.isdir)]
+    if any(run.script == "caption_train.py" and "show_attend_tell" in run.args
+           for run in grid.runs):
+        needed.append((f"{prefix}_att", "prepro_captions.py features --output-dir PREFIX "
+                                        "(without --fc-only)", os.path.isdir))
+    for path, how, there in needed:
+        if not there(os.path.abspath(path)):
+            raise UsageError(f"--caption-data {prefix}: no {path} (make it with {how})")
 
 
 def caption_data_flags(prefix, run):

@@ -74,8 +74,10 @@ def run_files_in(folder):
     """Names of the run files already in ``folder`` (empty if it does not exist)."""
     if not os.path.isdir(folder):
         return []
+    # eval_<split>.json: caption_eval.py's measurements of the run's model go with the run
     return sorted(name for name in os.listdir(folder)
-                  if name in RUN_FILES or name.startswith(EVENTS_PREFIX))
+                  if name in RUN_FILES or name.startswith(EVENTS_PREFIX)
+                  or (name.startswith("eval_") and name.endswith(".json")))
 
 
 def check_writable(folder, what):

@@ -203,3 +203,16 @@ def test_epochs_without_detach_follows_the_protocol():
     assert epochs_without_detach(600, 40) == 39
     assert epochs_without_detach(20, 40) == 20
     assert epochs_without_detach(200, 0) == 0
+
+
+def test_an_evaluation_of_the_models_goes_with_the_run(tmp_path):
+    """QA of issue 32: --overwrite left the old run's eval_test.json beside the new model. A
+    caption_eval.py file is a run file: --overwrite removes it, a new run refuses the folder."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "eval_test.json").write_text("{}")
+    (folder / "eval_test_beam3.json").write_text("{}")
+    (folder / "notes.json").write_text("{}")
+    assert runfolder.run_files_in(str(folder)) == ["eval_test.json", "eval_test_beam3.json"]
+    runfolder.clear_run_dir(str(folder))
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.json"]

@@ -716,6 +716,9 @@ def test_captioning_grids_take_their_data_and_test_each_best_model(tmp_path, cap
     prefix = tmp_path / "data" / "shapes"
     prefix.parent.mkdir()
     (tmp_path / "data" / "shapes.json").write_text("{}")
+    (tmp_path / "data" / "shapes_labels.npz").write_bytes(b"")
+    (tmp_path / "data" / "shapes_fc").mkdir()
+    (tmp_path / "data" / "shapes_att").mkdir()
     assert run_sweep("list", "smoke-captioning", "--root", root, "--caption-data",
                      tmp_path / "data" / "shapes") == 0
     lines = capsys.readouterr().out.splitlines()
@@ -745,3 +748,32 @@ def test_captioning_grids_take_their_data_and_test_each_best_model(tmp_path, cap
     assert plan.command(evaluation, "start")[1:] == [
         os.path.relpath(ROOT / "caption_eval.py"), "--model-dir", str(folder), "--split", "test",
         "--device", "cpu"]
+
+
+def test_caption_data_is_checked_whole_and_a_paused_model_without_best_waits(tmp_path, capsys):
+    """QA of issue 32: a prefix with labels but no features started every run, each failing;
+    an evaluation of a model paused before its first validation failed instead of waiting."""
+    prefix = tmp_path / "data" / "shapes"
+    prefix.parent.mkdir()
+    (tmp_path / "data" / "shapes.json").write_text("{}")
+    (tmp_path / "data" / "shapes_labels.npz").write_bytes(b"")
+    root = tmp_path / "runs"
+    err = one_line_error(capsys, ["run", "smoke-captioning", "--root", root,
+                                  "--caption-data", prefix])
+    assert f"no {prefix}_fc" in err and not root.exists()
+    (tmp_path / "data" / "shapes_fc").mkdir()
+    err = one_line_error(capsys, ["run", "smoke-captioning", "--root", root,
+                                  "--caption-data", prefix])
+    assert f"no {prefix}_att" in err and "without --fc-only" in err
+    err = one_line_error(capsys, ["list", "smoke-captioning", "--root", root,
+                                  "--caption-data", f"{prefix}.json"])
+    assert "without .json" in err
+    plan = sweep.Plan(grids.get_grid("smoke-captioning"), str(root), until_epoch=1)
+    model, evaluation = plan.grid.runs[0], plan.grid.runs[1]
+    folder = root / model.name
+    folder.mkdir(parents=True)
+    runfolder.write_json(folder / "config.json", {"task": "captioning", "args": {}})
+    (folder / "last.pt").write_bytes(b"")
+    runfolder.write_state(str(folder), "paused", epoch=1, n_epochs=30)
+    state, info = plan.state(evaluation)
+    assert state == "waiting" and "no best_model.pt yet" in info["message"]
