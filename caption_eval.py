@@ -64,7 +64,7 @@ def build_parser():
                      "batches' losses, as the branch reports it)")
     parser.flag("--device", choices=("auto", "cpu", "cuda"), default="auto",
                 help="auto (default): CUDA when present, else the CPU")
-    add_threads_flag(parser)
+    add_threads_flag(parser, training=False)
     parser.flag("--input-json", default=None, metavar="PATH",
                 help="the prepared labels JSON (prepro_captions.py labels; default: the run's)")
     parser.flag("--input-labels", "--input-label-h5", default=None, metavar="PATH",

@@ -83,7 +83,7 @@ def build_parser():
               help="auto: CUDA when present, else CPU")
     # On a busy CPU, torch's default of one thread per core made a ResNet-18 image take 0.29 s
     # instead of 0.013 s with one thread: the threads wait on each other.
-    add_threads_flag(feat)
+    add_threads_flag(feat, training=False)
     feat.flag("--missing", choices=("stop", "skip"), default="stop",
               help="a missing or unreadable image: stop (default; one line naming it) or skip "
                    "(named on stderr, recorded in features.json)")

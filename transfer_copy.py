@@ -51,7 +51,7 @@ def build_parser():
                      "transfer_copy.py's for each T' (numpy seeded with --seed); kit: from a "
                      "torch generator seeded with --seed, as before this flag existed")
     parser.flag("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    add_threads_flag(parser)
+    add_threads_flag(parser, training=False)
     add_numerics_flag(parser)
     return parser
 

@@ -151,11 +151,15 @@ def load_weights_file(path):
         raise UsageError(f"--cnn-weights {path} does not exist (a torchvision ResNet state "
                          "dict file, or 'imagenet', or 'random')")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for foreign or truncated files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises several types (and long texts) for foreign files
         raise UsageError(f"--cnn-weights {path} is not a state dict torch can load with "
-                         f"weights_only=True ({first[:200]})") from None
+                         "weights_only=True (a whole pickled model, or another kind of file): "
+                         "save the network's state_dict() instead") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        # a training checkpoint that wraps its weights: the usual layout, worth unwrapping
+        state = state["state_dict"]
+    return state
 
 
 def download_imagenet_weights(arch):

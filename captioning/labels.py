@@ -321,11 +321,16 @@ def read_labels(json_path, npz_path=None):
         raise UsageError(f"labels file {npz_path} does not exist")
     try:
         with np.load(npz_path) as data:
+            missing = [name for name in ARRAYS if name not in data.files]
+            if missing:
+                raise UsageError(f"{npz_path} is not a labels file of prepro_captions.py: it "
+                                 f"has no array {', '.join(repr(name) for name in missing)}")
             arrays = {name: data[name] for name in ARRAYS}
-    except KeyError as err:
-        raise UsageError(f"{npz_path} is not a labels file: it has no array {err}") from None
-    except Exception as err:  # zipfile / numpy raise several types for a foreign file
-        raise UsageError(f"{npz_path} is not a readable labels npz ({err})") from None
+    except UsageError:
+        raise
+    except Exception:  # zipfile / numpy raise several types (and misleading hints) for these
+        raise UsageError(f"{npz_path} is not a readable labels npz (make it with "
+                         "prepro_captions.py labels)") from None
 
     def mismatch(what):
         return UsageError(f"{npz_path} does not match {json_path}: {what}")
