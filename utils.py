@@ -101,7 +101,7 @@ def add_threads_flag(parser, training=True):
     """``--threads N``; ``training``: the script trains a run, which a resume continues."""
     more = (" The thread count is part of a CPU run's arithmetic: a resume keeps the run's "
             "unless given again, and says so when it changes" if training else
-            " (on a busy machine one thread can be many times faster than torch's default)")
+            " On a busy machine one thread can be many times faster than torch's default")
     parser.flag("--threads", type=positive_int, default=None, metavar="N",
                 help="torch CPU threads of this process (default: torch's own, the machine's "
                      "cores or OMP_NUM_THREADS)." + more)
