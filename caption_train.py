@@ -363,11 +363,13 @@ def run(args, argv, last, device, lock=None):
         run.evaluation(record, score, {"metrics": metrics})
         shown = f"CIDEr {metrics['CIDEr']:.4f}  " if args.language_eval else ""
         best = run.best
+        # without language evaluation the best model is the lowest loss (kept as -loss)
         best_text = "none yet" if best.get("score") is None else \
-            f"{best['score']:.4f} (iter {best['iteration']})"
+            f"{best['score'] if args.language_eval else -best['score']:.4f} " \
+            f"(iter {best['iteration']})"
         print(f"iter {run.iteration} (epoch {run.epoch}/{args.n_epochs})  train loss "
               f"{record['train/mean_loss']:.4f}  val loss {metrics['loss']:.4f}  {shown}best "
-              f"{'CIDEr' if args.language_eval else '-loss'} {best_text}  "
+              f"{'CIDEr' if args.language_eval else 'val loss'} {best_text}  "
               f"{run.elapsed():.0f}s", flush=True)
         if predictions and isinstance(predictions[0], dict) and "caption" in predictions[0]:
             print(f"  image {predictions[0].get('image_id')}: "
