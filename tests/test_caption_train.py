@@ -18,21 +18,17 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 import caption_train
 import captioning
 import copying
 import report
 from captioning import labels as labels_mod
+from captioning.evaluation import evaluate_split as REAL_EVALUATE_SPLIT
 from captioning.loader import CaptionLoader
 from captioning.models import LanguageModelCriterion, build_model
 from running import runfolder
-
-try:  # written beside this script; where it cannot be imported yet, its test is skipped
-    from captioning.evaluation import evaluate_split as REAL_EVALUATE_SPLIT
-except Exception:  # noqa: BLE001 (an ImportError, or a module in the middle of being written)
-    REAL_EVALUATE_SPLIT = None
+from test_copying import raw_steps
 
 WORDS = ["red", "blue", "green", "circle", "square", "left", "right", "on", "the", "a"]
 SPLITS = ["train"] * 10 + ["val"] * 3 + ["test"] * 2  # image 1 is restval, trained on
@@ -158,18 +154,6 @@ def tiny_run(data, tmp_path_factory):
         install(patch)
         assert train(data, folder) == 0
     return folder
-
-
-def raw_steps(folder, tag):
-    points = []
-    for name in sorted(os.listdir(folder)):
-        if name.startswith(runfolder.EVENTS_PREFIX):
-            for event in EventFileLoader(os.path.join(folder, name)).Load():
-                for value in event.summary.value:
-                    if value.tag == tag:
-                        points.append((event.step, value.tensor.float_val[0]
-                                       if value.HasField("tensor") else value.simple_value))
-    return points
 
 
 def untimed_metrics(folder):
@@ -371,7 +355,6 @@ def test_checkpoint_every_resume_is_exact_for_the_other_model_and_streams(
     assert_same_run(straight, stopped)
 
 
-@pytest.mark.skipif(REAL_EVALUATE_SPLIT is None, reason="captioning/evaluation.py is missing")
 def test_with_the_real_evaluation_a_paused_and_resumed_run_equals_the_straight_one(
         data, tmp_path, monkeypatch):
     """captioning.evaluation.evaluate_split itself (the loss only: --language-eval 0 needs no
