@@ -296,12 +296,7 @@ def read_run(path, root):
         "path": os.path.relpath(path, root), "task": task, "seed": args.get("seed"),
         "key": json.dumps([setting_key(task, args), data]), "args": args, "data": data,
         "experiment": experiment_name(task, args, data), "base": base_label(args),
-        "device": config.get("device"), "numerics": folder.numerics_label(config),
-        "numerics_by_epoch": folder.numerics_by_epoch(status["epochs"], config),
-        "state": status["state"],
-        "epochs": status["epochs"], "planned": status["planned"],
-        "message": status["message"], "final": final,
-        "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
+        **process_fields(folder, config, status, rows), "final": final,
         "best_valid_accuracy": best, "best_epoch": best_epoch,
         "curve": [[row["epoch"], row["valid_accuracy"]] for row in rows
                   if row["valid_accuracy"] is not None and math.isfinite(row["valid_accuracy"])],
@@ -508,6 +503,15 @@ def read_caption_evals(path, data):
     return sorted(found, key=lambda item: item["beam_size"])
 
 
+def process_fields(folder, config, status, rows):
+    """What every run's entry says of how it ran and where it stands, whatever its task."""
+    return {"device": config.get("device"), "numerics": folder.numerics_label(config),
+            "numerics_by_epoch": folder.numerics_by_epoch(status["epochs"], config),
+            "state": status["state"], "epochs": status["epochs"], "planned": status["planned"],
+            "message": status["message"],
+            "elapsed_s": rows[-1].get("elapsed_s") if rows else None}
+
+
 def read_caption_run(path, root, folder, config, status, rows, results):
     """A captioning run's numbers (``read_run``): its setting, data set, best validation
     metrics (so far, while it trains) and test-split evaluations."""
@@ -523,12 +527,7 @@ def read_caption_run(path, root, folder, config, status, rows, results):
         "labels_file": labels_file,  # where it is on this machine (not in report.json)
         "experiment": experiment_name(task, args, data["words"]), "base": base_label(args),
         "caption_model": args.get("caption_model"),
-        "device": config.get("device"), "numerics": folder.numerics_label(config),
-        "numerics_by_epoch": folder.numerics_by_epoch(status["epochs"], config),
-        "state": status["state"],
-        "epochs": status["epochs"], "planned": status["planned"],
-        "message": status["message"], "final": final,
-        "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
+        **process_fields(folder, config, status, rows), "final": final,
         "best_val": best["metrics"] if best else None,
         "best_iteration": best["iteration"] if best else None,
         "best_epoch": best["epoch"] if best else None,
