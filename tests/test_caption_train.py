@@ -28,7 +28,7 @@ from captioning.evaluation import evaluate_split as REAL_EVALUATE_SPLIT
 from captioning.loader import CaptionLoader
 from captioning.models import LanguageModelCriterion, build_model
 from running import runfolder
-from test_copying import raw_steps
+from test_copying import expect_error, raw_steps
 
 WORDS = ["red", "blue", "green", "circle", "square", "left", "right", "on", "the", "a"]
 SPLITS = ["train"] * 10 + ["val"] * 3 + ["test"] * 2  # image 1 is restval, trained on
@@ -181,16 +181,6 @@ def assert_same_run(a, b):
     assert all(torch.equal(best_a["model"][k], best_b["model"][k]) for k in best_a["model"])
     for tag in ("train/loss", "val/CIDEr", "val/loss", "train/mean_loss"):
         assert raw_steps(b, tag) == raw_steps(a, tag), tag  # none duplicated, none missing
-
-
-def expect_error(capsys, call, contains, code=2):
-    with pytest.raises(SystemExit) as info:
-        call()
-    assert info.value.code == code
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
-    assert "Traceback" not in err and contains in err, err
-    return err
 
 
 def snapshot(folder):
@@ -468,7 +458,7 @@ def test_bad_input_is_one_line_and_touches_nothing(data, tmp_path, capsys, case,
     args = argv(work, folder, *extra, model=model)
     if case == "no att dir":
         args = args[:args.index("--input-att-dir")]
-    expect_error(capsys, lambda: caption_train.main(args), contains)
+    expect_error(capsys, lambda: caption_train.main(args), contains=contains)
     assert not folder.exists()
 
 
@@ -478,13 +468,13 @@ def test_resume_with_contradicting_flags_is_refused(data, tmp_path, capsys):
     before = snapshot(folder)
     err = expect_error(capsys, lambda: caption_train.main(
         ["--save-dir", str(folder), "--resume", "--p-detach", "0.1", "--lr", "0.05"]),
-        "contradict")
+        contains="contradict")
     assert "p_detach (run: 0.5, given: 0.1)" in err and "lr" in err
     expect_error(capsys, lambda: caption_train.main(
         ["--save-dir", str(folder), "--resume", "--caption-model", "show_attend_tell"]),
-        "caption_model")
+        contains="caption_model")
     assert snapshot(folder) == before
-    expect_error(capsys, lambda: train(data, folder), "already holds a run")
+    expect_error(capsys, lambda: train(data, folder), contains="already holds a run")
     assert snapshot(folder) == before
 
 
