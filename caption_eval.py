@@ -26,7 +26,7 @@ from captioning import features as features_mod
 from captioning import labels as labels_mod
 from captioning.evaluation import evaluate_split, write_predictions
 from captioning.loader import CaptionLoader
-from captioning.metrics import table
+from captioning.metrics import SPICE_NOTE, table
 from captioning.models import MAX_LENGTH, build_model
 from running.devices import resolve_device
 from running.errors import UsageError, report_errors
@@ -188,6 +188,7 @@ def evaluate(args, device):
         # best model so far (its SHA-256 goes into the file, so the report can tell)
         print(f"note: {folder} is still training: this measures its best model so far",
               file=sys.stderr, flush=True)
+    print(SPICE_NOTE, file=sys.stderr, flush=True)
     metrics, predictions = evaluate_split(
         model, data, split, device, num_images=args.num_images, beam_size=args.beam_size,
         max_length=args.max_length, language_eval=True, progress=True)

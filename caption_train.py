@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from captioning.features import FEATURES_JSON, feature_paths
 from captioning.loader import CaptionLoader
+from captioning.metrics import SPICE_NOTE
 from captioning.models import CAPTION_MODELS, LanguageModelCriterion, build_model
 from running.annealing import p_in_force
 from running.errors import RunStopped, UsageError
@@ -201,6 +202,23 @@ def build_parser():
                "--resume continues to the end exactly as one uninterrupted run)")
     add_threads_flag(runs)
     add_numerics_flag(runs)
+    # The branch's opts.py flags this script does not take: what to give instead.
+    parser.hint("each run is one folder: give --save-dir DIR (models, last.pt, logs and "
+                "TensorBoard go there)", "--checkpoint_path", "--id")
+    parser.hint("continue a run with --save-dir DIR --resume (from its last.pt, bit for bit)",
+                "--start_from")
+    parser.hint("--resume always keeps the run's best score", "--load_best_score")
+    parser.hint("the model is the branch's one-layer LSTM", "--num_layers", "--rnn_type")
+    parser.hint("the authors' commands train with Adam (betas 0.9/0.999, eps 1e-8), no weight "
+                "decay, no learning-rate decay and no scheduled sampling: not offered",
+                "--optim", "--optim_alpha", "--optim_beta", "--optim_epsilon", "--weight_decay",
+                "--param_l2", "--learning_rate_decay_start", "--learning_rate_decay_every",
+                "--learning_rate_decay_rate", "--scheduled_sampling_start",
+                "--scheduled_sampling_increase_every", "--scheduled_sampling_increase_prob",
+                "--scheduled_sampling_max_prob")
+    parser.hint("train/loss goes to TensorBoard at every iteration", "--losses_log_every")
+    parser.hint("restval always trains (Karpathy's split, as the authors' runs)",
+                "--train_only")
     return parser
 
 
@@ -379,6 +397,8 @@ def run(args, argv, last, device, lock=None):
     # in a saved last.pt (after the current iteration), never in a killed process.
     with StopSignals() as stop:
         run.open(argv, device, last)
+        if args.language_eval:
+            print(SPICE_NOTE, file=sys.stderr, flush=True)
         bar = tqdm(total=math.ceil(args.n_epochs * n_train / args.batch_size),
                    initial=run.iteration, leave=False, disable=None, desc="iterations")
         while run.epoch < run.target_epoch:

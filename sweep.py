@@ -453,6 +453,7 @@ def cmd_list(args):
         print(f"# --root {args.root} does not exist yet: every run is listed as new "
               "(sweep.py run creates it)", file=sys.stderr)
     done = waiting = 0
+    kinds = set()  # of the runs that wait: transfer, evaluation
     for run in plan.grid.runs:
         state, info = plan.state(run)
         if state == "damaged":
@@ -465,6 +466,7 @@ def cmd_list(args):
             # Not listed: a parallel runner would start it before its model exists. It is
             # listed by a later call, once its model is done or paused at --until-epoch.
             waiting += 1
+            kinds.add("evaluation" if run.script == "caption_eval.py" else "transfer")
             print(f"# not listed: {run.name}, {info['message']}", file=sys.stderr)
             continue
         line = shlex.join(plan.command(run, state))
@@ -475,8 +477,8 @@ def cmd_list(args):
               "(--all lists them)" if plan.until else f"# {done} run(s) done, not listed "
               "(--all lists them)", file=sys.stderr)
     if waiting:
-        print(f"# {waiting} transfer run(s) wait for their model: run the listed commands to "
-              "the end, then list again", file=sys.stderr)
+        print(f"# {waiting} {' and '.join(sorted(kinds))} run(s) wait for their model: run "
+              "the listed commands to the end, then list again", file=sys.stderr)
     return 0
 
 
@@ -500,6 +502,12 @@ def cmd_status(args):
         raw = folder.status()
         shown = {"not started": "not started", "running": "running", "done": "done",
                  "failed": "failed"}.get(raw["state"])
+        if raw["state"] == "not started":
+            # started, but refused before it wrote anything but its log (a bad flag in a grid
+            # of one's own): its log's last line says why
+            said = last_line(os.path.join(plan.folder(run), run.log_name))
+            if said and not said.startswith("== "):
+                shown, raw["message"] = "failed to start", said
         if shown is None:
             word = {"paused": "paused", "stopped": "stopped",
                     "interrupted": "interrupted"}[raw["state"]]
@@ -515,7 +523,14 @@ def cmd_status(args):
                      "" if pace is None else f"{pace:.0f}" if pace >= 10 else f"{pace:.1f}",
                      to_go, folder.numerics_label() if folder.has("config.json") else "",
                      raw.get("message") or ""))
-    header = ("run", "state", "epochs", "best valid %", "s/epoch", "to go", "numerics", "note")
+    # A grid of accuracy runs reads "best valid %"; where captioning runs (CIDEr cells) stand
+    # in it, the cells carry their own units.
+    mixed = any(row[3].startswith("CIDEr") for row in rows)
+    if mixed:
+        rows = [row[:3] + ((f"{row[3]} %" if row[3] and not row[3].startswith("CIDEr")
+                            else row[3]),) + row[4:] for row in rows]
+    header = ("run", "state", "epochs", "best valid" if mixed else "best valid %", "s/epoch",
+              "to go", "numerics", "note")
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())

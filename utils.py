@@ -25,7 +25,25 @@ class ArgParser(argparse.ArgumentParser):
     argument is reported on one line, like every other user mistake."""
 
     def error(self, message):
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            for word in message[len(prefix):].split():
+                hint = self.hints.get(_flag_key(word.split("=", 1)[0]))
+                if hint:
+                    message = f"{word.split('=', 1)[0]} is not a flag here: {hint}"
+                    break
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    @property
+    def hints(self):
+        """{flag: what to use instead}: the original scripts' flags this one does not take,
+        each named in the one-line error (``hint``)."""
+        return self.__dict__.setdefault("_hints", {})
+
+    def hint(self, text, *flags):
+        """Say ``text`` when one of ``flags`` (either spelling) is given."""
+        for flag in flags:
+            self.hints[_flag_key(flag)] = text
 
     def flag(self, name, *aliases, **kwargs):
         names = [name]
@@ -39,6 +57,11 @@ class ArgParser(argparse.ArgumentParser):
                     names.append(variant)
         kwargs.setdefault("dest", name[2:].replace("-", "_"))
         return self.add_argument(*names, **kwargs)
+
+
+def _flag_key(flag):
+    """``--start_from`` and ``--start-from`` alike: ``start_from``."""
+    return flag.lstrip("-").replace("-", "_") if flag.startswith("--") else None
 
 
 def _whole_number(text, low, high=None, rule=""):

@@ -112,8 +112,9 @@ def evaluate_split(model, loader, split, device, *, num_images=-1, beam_size=1,
     bar = None
     if progress:
         from tqdm import tqdm
+        # disable=None: a bar on a terminal only, none in a log file (a sweep's eval.log)
         bar = tqdm(total=wanted, desc=f"evaluating {split}", unit="img", file=sys.stderr,
-                   leave=False, dynamic_ncols=True)
+                   leave=False, dynamic_ncols=True, disable=None)
     model.eval()
     try:
         with _LoaderState(loader), torch.no_grad():

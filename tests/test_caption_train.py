@@ -23,6 +23,7 @@ import caption_train
 import captioning
 import copying
 import report
+import sweep
 from captioning import labels as labels_mod
 from captioning.evaluation import evaluate_split as REAL_EVALUATE_SPLIT
 from captioning.loader import CaptionLoader
@@ -427,6 +428,7 @@ def test_gradients_are_clamped_element_wise_unless_noclip(data, tmp_path, monkey
     ("other labels", "does not match"),
     ("fc size", "--fc-feat-size 16"),
     ("flag", "--beam-size"),
+    ("until past the end", "past the run's last epoch (--max-epochs 3)"),  # its own flag name
 ])
 def test_bad_input_is_one_line_and_touches_nothing(data, tmp_path, capsys, case, contains):
     work = tmp_path / "data"
@@ -454,6 +456,8 @@ def test_bad_input_is_one_line_and_touches_nothing(data, tmp_path, capsys, case,
         extra = ["--fc-feat-size", "16"]
     elif case == "flag":
         extra = ["--beam-size", "0"]
+    elif case == "until past the end":
+        extra = ["--max-epochs", "3", "--until-epoch", "5"]
     folder = tmp_path / "run"
     args = argv(work, folder, *extra, model=model)
     if case == "no att dir":
@@ -462,9 +466,25 @@ def test_bad_input_is_one_line_and_touches_nothing(data, tmp_path, capsys, case,
     assert not folder.exists()
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--checkpoint_path", "save"], "--checkpoint_path is not a flag here: each run is one "
+                                    "folder: give --save-dir DIR"),
+    (["--start-from=save"], "--start-from is not a flag here: continue a run with --save-dir "
+                            "DIR --resume"),
+    (["--id", "st"], "--id is not a flag here"),
+    (["--learning_rate_decay_start", "3"], "no learning-rate decay"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_the_branchs_other_flags_say_what_to_give(data, tmp_path, capsys, flags, says):
+    folder = tmp_path / "run"
+    expect_error(capsys, lambda: caption_train.main(argv(data, folder, *flags)), contains=says)
+    assert not folder.exists()
+
+
 def test_resume_with_contradicting_flags_is_refused(data, tmp_path, capsys):
     folder = tmp_path / "run"
     assert train(data, folder, "--until-epoch", "1") == 0
+    capsys.readouterr()  # what the run said
     before = snapshot(folder)
     err = expect_error(capsys, lambda: caption_train.main(
         ["--save-dir", str(folder), "--resume", "--p-detach", "0.1", "--lr", "0.05"]),
@@ -523,6 +543,19 @@ def test_report_and_status_on_a_root_with_a_captioning_run(tiny_run, tmp_path, c
     assert status["best_valid"] == max(row["CIDEr"] for row in rows)
     assert status["best_kind"] == "CIDEr"
     assert status["epoch_s"] is not None and status["epoch_s"] >= 0
+    # ... and its table names each cell's unit where CIDEr and accuracies share a column
+    grids = tmp_path / "mixed_grids.py"
+    grids.write_text(
+        "from running.grids import Grid, Run\n"
+        "GRIDS = {'mixed': lambda: Grid('mixed', 'both kinds', (\n"
+        "    Run('captioning/st', 'caption_train.py', ()),\n"
+        "    Run('copying/run', 'copying.py', ())))}\n")
+    assert sweep.main(["status", "mixed", "--root", str(root), "--grids", str(grids)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "best valid %" not in table[0] and "best valid" in table[0]
+    copying_best = runfolder.RunFolder(str(root / "copying" / "run")).status()["best_valid"]
+    assert f"CIDEr {status['best_valid']:.3f}" in table[1]
+    assert f"{copying_best:.2f} %" in table[2]
     # a root of captioning runs only gets its captioning report
     only = tmp_path / "only"
     shutil.copytree(tiny_run, only / "st")

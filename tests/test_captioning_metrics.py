@@ -111,7 +111,7 @@ def one_line_error(code, out, err, message):
 
 # ----------------------------------------------------------------------------- metrics
 
-def test_known_values_of_every_metric(monkeypatch, capsys):
+def test_known_values_of_every_metric(capfd):
     """One scorer call, three kinds of image (BLEU is corpus-level: the per-image values
     coco-caption keeps say what each case gives; the corpus BLEU-1 is worked out by hand).
 
@@ -134,9 +134,9 @@ def test_known_values_of_every_metric(monkeypatch, capsys):
     references[5] = ["the cat is on the mat", "a dog sat on the red rug near the door"]
     candidates[5] = "the the the the cat sat"
     references[6], candidates[6] = ["one two three"], ""  # a model that ends at once
-    monkeypatch.setattr(metrics, "_noted", [])  # as in a fresh process
     totals, images = metrics.score(references, candidates, per_image=True)
-    assert capsys.readouterr().err.count(metrics.SPICE_NOTE) == 1  # SPICE: said once
+    # the tokenizer's Java says "PTBTokenizer tokenized N tokens ..." on fd 2 at every call
+    assert "PTBTokenizer" not in capfd.readouterr().err
 
     assert list(totals) == list(metrics.METRICS)
     assert list(images) == [1, 2, 3, 4, 5, 6]
@@ -314,12 +314,24 @@ def test_caption_eval_end_to_end(data, tmp_path, capsys, monkeypatch):
     assert len(saved["checkpoint"]["sha256"]) == 64
     assert "CIDEr" in out and "written:" in out
     assert saved["spice"] == "not computed" and saved["metrics"]["METEOR"] == 0.25
+    assert err.count(metrics.SPICE_NOTE) == 1  # said once, by the command
+    assert "evaluating val" not in err  # no progress bar where stderr is no terminal (a log)
     assert 0 <= saved["metrics"]["CIDEr"] and 0 < saved["metrics"]["Bleu_1"] <= 1
     # what it printed is what evaluate_split gives for this model
     direct, predictions = evaluation.evaluate_split(model, make_loader(data), "val", "cpu",
                                                     language_eval=False)
     assert saved["predictions"] == predictions
     assert saved["metrics"]["loss"] == pytest.approx(direct["loss"], rel=1e-6)
+
+
+def test_quiet_tokenizer_drops_the_token_count_and_passes_the_rest(capfd):
+    with metrics.quiet_tokenizer():
+        os.write(2, b"PTBTokenizer tokenized 6 tokens at 50.72 tokens per second.\n"
+                    b"Exception in thread main: no such file\n")
+    err = capfd.readouterr().err
+    assert "PTBTokenizer" not in err and "Exception in thread main: no such file" in err
+    os.write(2, b"after\n")  # fd 2 is back where it was
+    assert capfd.readouterr().err == "after\n"
 
 
 def lock(folder):

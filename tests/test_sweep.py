@@ -388,6 +388,11 @@ def test_a_failed_run_is_reported_and_the_others_finish(grid_file, tmp_path, cap
     assert "skip  c/T6_p0.5_s4:transfer: model c/T6_p0.5_s4: not started" in out
     assert "1 failed: c/T6_p0.5_s4" in out
     assert (root / "c/T6_p0.5_s3/results.json").exists()
+    # status says so too, with the run's own words (not "not started")
+    assert run_sweep("status", "failing", "--root", root, "--grids", grid_file) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("c/T6_p0.5_s4 "))
+    assert "failed to start" in row and "--train-size (5) must be at least" in row
     # A run folder with a damaged file is named and left alone; the rest goes on.
     (root / "c/T6_p0.5_s3/metrics.csv").write_text("epoch,valid_accuracy\n1,lots\n")
     assert run_sweep("status", "failing", "--root", root, "--grids", grid_file) == 0
@@ -721,7 +726,11 @@ def test_captioning_grids_take_their_data_and_test_each_best_model(tmp_path, cap
     (tmp_path / "data" / "shapes_att").mkdir()
     assert run_sweep("list", "smoke-captioning", "--root", root, "--caption-data",
                      tmp_path / "data" / "shapes") == 0
-    lines = capsys.readouterr().out.splitlines()
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    evaluations = sum(run.script == "caption_eval.py"
+                      for run in grids.get_grid("smoke-captioning").runs)
+    assert f"# {evaluations} evaluation run(s) wait for their model" in err  # not "transfer"
     tell = next(line for line in lines if "show_tell_vanilla_s1" in line)
     attend = next(line for line in lines if "show_attend_tell_p0.4_s1" in line)
     assert f"--input-json {prefix}.json --input-labels {prefix}_labels.npz --input-fc-dir " \
