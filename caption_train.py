@@ -148,6 +148,11 @@ def build_parser():
                "features.json, as --fc-feat-size)")
     model.flag("--impl", choices=("fast", "reference"), default="fast",
           help="LSTM implementation; both give the same gradients (default fast)")
+    model.flag("--standardize-fc", action="store_true",
+          help="not in the branch: the model reads the fc features standardized per "
+               "dimension with the training split's mean and sd (taken once at the start, kept "
+               "in the model's checkpoints), for features with a large part common to every "
+               "image such as a random ResNet's (the synthetic shapes set); off by default")
 
     optim = flag_group(parser, "optimisation")
     optim.flag("--batch-size", type=positive_int, metavar="N", default=10,
@@ -341,7 +346,8 @@ def run(args, argv, last, device, lock=None):
                         input_encoding_size=args.input_encoding_size, rnn_size=args.rnn_size,
                         att_hid_size=args.att_hid_size, fc_feat_size=args.fc_feat_size,
                         att_feat_size=args.att_feat_size, drop_prob_lm=args.drop_prob_lm,
-                        detach=args.detach, impl=args.impl).to(device)
+                        detach=args.detach, impl=args.impl,
+                        standardize_fc=args.standardize_fc).to(device)
     model_config = model.model_config  # build_model(**model_config) rebuilds it as trained
     if last is not None:
         if last["model_config"] != model_config:
@@ -349,6 +355,10 @@ def run(args, argv, last, device, lock=None):
                              f"{args.save_dir} (its model: {last['model_config']}; these data "
                              f"give {model_config})")
         loader.load_state_dict(last["extra"]["loader"])  # refuses other data, in one line
+    elif args.standardize_fc:  # a resumed model has its statistics in its state dict
+        model.set_fc_statistics(*loader.fc_statistics("train"))
+        print(f"fc features standardized with the mean and sd of the "
+              f"{len(loader.split_ix['train'])} training images", flush=True)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
                                  weight_decay=0)

@@ -193,6 +193,29 @@ class CaptionLoader:
         return fc.astype(np.float32, copy=False), \
             (None if att is None else att.astype(np.float32, copy=False))
 
+    def fc_statistics(self, split="train"):
+        """The per-dimension mean and standard deviation (population) of the fc features over
+        the images of ``split`` (Karpathy's restval included in train), as float32 arrays.
+
+        Read in the labels' image order (not the shuffled one: no random stream is read or
+        moved), summed in float64: the same files give the same numbers. A dimension that does
+        not vary (sd below 1e-6) gets sd 1, so that standardizing leaves it at 0."""
+        self.check_features(split)
+        picks = sorted(self.split_ix[split])
+        if not picks:
+            raise UsageError(f"the {split} split has no images to take fc statistics over")
+        total = squares = None
+        for ix in picks:
+            fc = self._read(ix)[0].astype(np.float64).reshape(-1)
+            if total is None:
+                total, squares = np.zeros_like(fc), np.zeros_like(fc)
+            total += fc
+            squares += fc * fc
+        mean = total / len(picks)
+        std = np.sqrt(np.maximum(squares / len(picks) - mean * mean, 0.0))
+        std[std < 1e-6] = 1.0
+        return mean.astype(np.float32), std.astype(np.float32)
+
     def _read_all(self, picks):
         if self.workers > 1 and len(picks) > 1:
             with concurrent.futures.ThreadPoolExecutor(min(self.workers, len(picks))) as pool:

@@ -161,6 +161,31 @@ class _CaptionModel(nn.Module):
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, not {impl!r}")
 
+    def _add_fc_norm(self, fc_feat_size, standardize_fc):
+        """With ``standardize_fc`` (not in the branch): the fc features enter the model as
+        ``(fc - fc_mean) / fc_std``, two buffers of the state dict (so a checkpoint carries
+        them to caption_eval.py and to a resume) that ``set_fc_statistics`` fills once before
+        training, from the training split. Features with a large part common to every image,
+        such as a random ResNet's, otherwise hand Show and Tell's step 0 nearly the same input
+        for every image. Off: no buffers, the branch's model."""
+        self.standardize_fc = bool(standardize_fc)
+        if self.standardize_fc:
+            self.register_buffer("fc_mean", torch.zeros(fc_feat_size))
+            self.register_buffer("fc_std", torch.ones(fc_feat_size))
+            self.model_config["standardize_fc"] = True  # absent when off: older runs' configs
+
+    def set_fc_statistics(self, mean, std):
+        """Fill the standardization buffers (arrays or tensors of fc_feat_size values)."""
+        if not self.standardize_fc:
+            raise ValueError("this model was built without standardize_fc")
+        with torch.no_grad():
+            self.fc_mean.copy_(torch.as_tensor(mean, dtype=self.fc_mean.dtype))
+            self.fc_std.copy_(torch.as_tensor(std, dtype=self.fc_std.dtype))
+
+    def _fc(self, fc):
+        """The fc features as the model reads them (standardized when built so)."""
+        return (fc - self.fc_mean) / self.fc_std if self.standardize_fc else fc
+
     def init_weights(self):
         """The branch's init_weights()."""
         self.embed.weight.data.uniform_(-INIT_RANGE, INIT_RANGE)
@@ -258,7 +283,7 @@ class ShowTellModel(_CaptionModel):
     caption_model = "show_tell"
 
     def __init__(self, vocab_size, input_encoding_size=512, rnn_size=512, fc_feat_size=2048,
-                 drop_prob_lm=0.5, detach="h", impl="fast"):
+                 drop_prob_lm=0.5, detach="h", impl="fast", standardize_fc=False):
         super().__init__()
         self._check(detach, impl)
         self.vocab_size, self.rnn_size, self.detach = vocab_size, rnn_size, detach
@@ -274,6 +299,7 @@ class ShowTellModel(_CaptionModel):
                              "input_encoding_size": input_encoding_size, "rnn_size": rnn_size,
                              "fc_feat_size": fc_feat_size, "drop_prob_lm": drop_prob_lm,
                              "detach": detach}
+        self._add_fc_norm(fc_feat_size, standardize_fc)
 
     def forward(self, fc, att, labels, masks=None, p=0.0, generator=None):
         """Teacher-forced log-probabilities (N, T, vocab + 1) (see the module's docstring).
@@ -281,7 +307,8 @@ class ShowTellModel(_CaptionModel):
         One draw per step run (T + 1: the image step and T word steps), before the forward."""
         steps = caption_steps(labels)
         draws = draw_uniforms(steps + 1, generator)
-        x = torch.cat([self.img_embed(fc).unsqueeze(0), self.embed(labels[:, :steps].t())], 0)
+        x = torch.cat([self.img_embed(self._fc(fc)).unsqueeze(0),
+                       self.embed(labels[:, :steps].t())], 0)
         # the layer cuts where draw <= p for p > 0, none for p <= 0: the branch's rule
         out, _ = self.lstm(x, p=p, generator=_Drawn(draws))
         # step 0's output is discarded; (N, T, H) in memory, as Show, Attend and Tell's, so that
@@ -290,7 +317,7 @@ class ShowTellModel(_CaptionModel):
 
     def _decode_start(self, fc, att):
         """The state after the image step."""
-        _, state = self.lstm(self.img_embed(fc).unsqueeze(0))
+        _, state = self.lstm(self.img_embed(self._fc(fc)).unsqueeze(0))
         return state, ()
 
     def _decode_step(self, it, state, context, generator):
@@ -308,7 +335,7 @@ class ShowAttendTellModel(_CaptionModel):
 
     def __init__(self, vocab_size, input_encoding_size=512, rnn_size=512, att_hid_size=512,
                  fc_feat_size=2048, att_feat_size=2048, drop_prob_lm=0.5, detach="h",
-                 impl="fast"):
+                 impl="fast", standardize_fc=False):
         super().__init__()
         self._check(detach, impl)
         if att_hid_size <= 0:  # the branch's other branch (att_hid_size 0) cannot run as written
@@ -333,6 +360,7 @@ class ShowAttendTellModel(_CaptionModel):
                              "att_hid_size": att_hid_size, "fc_feat_size": fc_feat_size,
                              "att_feat_size": att_feat_size, "drop_prob_lm": drop_prob_lm,
                              "detach": detach}
+        self._add_fc_norm(fc_feat_size, standardize_fc)
 
     def _context(self, att):
         """The att features as (N, locations, att_feat_size) and their ctx2att projection."""
@@ -362,7 +390,7 @@ class ShowAttendTellModel(_CaptionModel):
         steps = caption_steps(labels)
         cut = cut_steps(draw_uniforms(steps, generator), p)
         att, p_att = self._context(att)
-        h = c = self.linear(fc)
+        h = c = self.linear(self._fc(fc))
         words = self.embed(labels[:, :steps])
         outs = []
         for t in range(steps):
@@ -371,7 +399,7 @@ class ShowAttendTellModel(_CaptionModel):
         return self._readout(torch.stack(outs, 1))
 
     def _decode_start(self, fc, att):
-        h = self.linear(fc)
+        h = self.linear(self._fc(fc))
         return (h, h), self._context(att)
 
     def _decode_step(self, it, state, context, generator):
@@ -389,7 +417,8 @@ _ATTENTION_ONLY = ("att_hid_size", "att_feat_size")
 def build_model(caption_model, vocab_size, **opts):
     """The model the branch's ``--caption_model`` names, with the sizes of ``opts`` (opts.py's
     names and defaults: input_encoding_size 512, rnn_size 512, att_hid_size 512, fc_feat_size
-    2048, att_feat_size 2048, drop_prob_lm 0.5; and detach "h", impl "fast").
+    2048, att_feat_size 2048, drop_prob_lm 0.5; and detach "h", impl "fast", and the kit's
+    standardize_fc False, see ``_CaptionModel._add_fc_norm``).
     ``build_model(**model.model_config)`` rebuilds a model as a checkpoint stored it (``impl``
     is not part of it: choose it when rebuilding).
     Show and Tell ignores the attention sizes (the branch's options hold them for every model).

@@ -107,6 +107,7 @@ def caption_modifier(key, value):
              "language_eval": lambda v: "no language evaluation (best by loss)" if not v
              else f"language_eval={v}",
              "beam_size": lambda v: f"validation beam {v}",
+             "standardize_fc": lambda v: "fc standardized" if v else None,
              "fc_feat_size": lambda v: f"fc features {v}",
              "att_feat_size": lambda v: f"att features {v}"}
     if key in ("fc_feat_size", "att_feat_size") and value in (None, CAPTION_FEATURE_SIZE):

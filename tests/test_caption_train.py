@@ -416,6 +416,43 @@ def test_gradients_are_clamped_element_wise_unless_noclip(data, tmp_path, monkey
                                         [pytest.approx(-0.1), pytest.approx(0.1)]]
 
 
+def test_standardize_fc_takes_the_training_splits_statistics_and_resumes_exactly(
+        data, tmp_path, capsys):
+    work = tmp_path / "data"
+    shutil.copytree(data, work)
+    info = json.loads((work / "talk.json").read_text())
+    rng = np.random.RandomState(5)
+    for img in info["images"]:  # features with a large common part, one dimension constant
+        fc = (5.0 + 0.1 * rng.randn(FC)).astype(np.float32)
+        fc[0] = 2.0
+        np.save(work / "fc" / f"{img['id']}.npy", fc)
+    trained_on = [img["id"] for img in info["images"] if img["split"] in ("train", "restval")]
+    assert len(trained_on) == 10  # the 9 train images and the restval one
+    stack = np.stack([np.load(work / "fc" / f"{ident}.npy").astype(np.float64)
+                      for ident in trained_on])
+    straight = tmp_path / "straight"
+    assert train(work, straight, "--standardize-fc") == 0
+    assert "standardized with the mean and sd of the 10 training images" in \
+        capsys.readouterr().out
+    for name in ("best_model.pt", "last.pt"):
+        saved = torch.load(straight / name, weights_only=True)
+        assert saved["model_config"]["standardize_fc"] is True
+        np.testing.assert_allclose(saved["model"]["fc_mean"].numpy(), stack.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(saved["model"]["fc_std"].numpy()[1:], stack.std(0)[1:],
+                                   rtol=1e-4)
+        assert saved["model"]["fc_std"][0] == 1.0  # a constant dimension is left at 0
+    # paused and resumed (the statistics come back from last.pt, not computed again)
+    staged = tmp_path / "staged"
+    assert train(work, staged, "--standardize-fc", "--until-epoch", "1") == 0
+    assert caption_train.main(["--save-dir", str(staged), "--resume"]) == 0
+    assert "standardized" not in capsys.readouterr().out.split("paused")[-1]
+    assert_same_run(straight, staged)
+    # and it is another run than the branch's model on the same data
+    plain = tmp_path / "plain"
+    assert train(work, plain) == 0
+    assert untimed_metrics(plain) != untimed_metrics(straight)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("case, contains", [

@@ -497,3 +497,35 @@ def test_training_step_stays_on_cuda(monkeypatch, name, detach):
             assert fake_tensor.is_fake(t) and t.device == CUDA, (t.device, type(t))
     cut = detach == "c" and name == "show_tell"  # the fast layer copies c-detach's mask
     assert copies.copies == ([((OUTPUTS + 1,), True)] if cut else [])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_standardize_fc_feeds_the_model_standardized_features(name):
+    """--standardize-fc: the model with buffers (mean, sd) computes exactly what the branch's
+    model (the same weights) computes on (fc - mean) / sd, teacher-forced and decoding; off,
+    the model is the branch's (no buffers, the model_config older runs stored)."""
+    plain = make(name, drop=0.0)
+    assert "standardize_fc" not in plain.model_config
+    assert not any("fc_mean" in key or "fc_std" in key for key in plain.state_dict())
+    torch.manual_seed(1)
+    standard = build_model(name, V, **SIZES, drop_prob_lm=0.0, standardize_fc=True).double()
+    assert standard.model_config["standardize_fc"] is True
+    standard.load_state_dict({**plain.state_dict(), "fc_mean": standard.fc_mean,
+                              "fc_std": standard.fc_std})
+    mean = torch.linspace(3.0, 5.0, FC, dtype=torch.float64)
+    std = torch.linspace(0.1, 0.5, FC, dtype=torch.float64)
+    standard.set_fc_statistics(mean, std)
+    fc, att = inputs()
+    raw = fc * std + mean  # what the standardized model reads as fc
+    masks = masks_of(LABELS)
+    got = standard(raw, att, LABELS, masks)
+    want = plain(fc, att, LABELS, masks)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(plain(raw, att, LABELS, masks), want)  # it does make a difference
+    assert torch.equal(standard.sample(raw, att), plain.sample(fc, att))
+    # rebuilt from its checkpoint, it keeps its statistics
+    again = build_model(**standard.model_config).double()
+    again.load_state_dict(standard.state_dict())
+    assert torch.equal(again.fc_mean, mean) and torch.equal(again.fc_std, std)
+    with pytest.raises(ValueError, match="without standardize_fc"):
+        plain.set_fc_statistics(mean, std)

@@ -178,6 +178,8 @@ def coco(tmp_path_factory):
     shapes = shapes_labels(base / "data" / "shapes.json")
     make_caption_run(root / "shapes_s1", shapes, p25 + ["--seed", "1"], (0.9, 1.2), test=1.1,
                      images=2, predictions=["a red circle"] * 2)
+    make_caption_run(root / "shapes_std_s1", shapes, ["--standardize-fc", "--seed", "1"],
+                     (0.9, 1.3), test=1.2, images=2)
     small = coco_labels(base / "data" / "coco_small.json", test_images=20)
     make_caption_run(root / "small_s1", small, p25 + ["--seed", "1"], test=0.95, images=10)
     make_caption_run(root / "gone_s1", base / "data" / "elsewhere.json", p25 + ["--seed", "1"],
@@ -287,6 +289,13 @@ def test_the_references_stand_beside_coco_only_and_the_paper_is_not_guessed(coco
     assert [ref["value"] for ref in data["references"] if ref["value"]] == [98.0, 103.3]
 
 
+def test_standardized_fc_is_a_setting_of_its_own_and_says_so(coco):
+    standardized = setting(coco["data"], ST_SHAPES, "vanilla")
+    assert "fc standardized" in standardized["label"]
+    assert "fc standardized" not in setting(coco["data"], ST_SHAPES, "h-detach p=0.25")["label"]
+    assert any("fc standardized" in line for line in coco["parts"][ST_SHAPES])
+
+
 def test_the_synthetic_set_gets_its_caption_blind_baseline(coco):
     """Scored once, with the most frequent training caption for every test image against the
     test references."""
@@ -299,7 +308,7 @@ def test_the_synthetic_set_gets_its_caption_blind_baseline(coco):
     assert '"a red circle", 3 of 6' in cells[1]
     assert cells[4:11] == [f"{100 * v:.2f}" for v in scores(0.25, 0.03).values()]
     assert "2 test images of" in cells[11]
-    run = row(coco["parts"][ST_SHAPES], "| seed 1 |")
+    run = row(coco["parts"][ST_SHAPES], "| h-detach p=0.25 |", "| seed 1 |")
     assert run[10] == "110.00" and "the same caption for all 2 images" in run[11]
 
 
