@@ -15,7 +15,8 @@ Writes into --out (default ROOT): report.md (the tables), report.json (the same 
 programs), valid_accuracy.png (validation accuracy against epoch, one panel per experiment)
 and transfer.png (transfer copying accuracy against T', when any run has a transfer.json);
 convergence.png (copying: seeds at 99 % against epoch, and every seed's curve, when any copying
-run is there).
+run is there); captioning.png (validation CIDEr against iteration, one panel per model and data
+set, when any captioning run has been evaluated).
 
 Captioning runs (caption_train.py) get a section of their own, only where there are any: per
 setting, each seed's test-split metrics (caption_eval.py's eval_test.json, marked out of date
@@ -38,7 +39,8 @@ import sys
 
 from reporting.captioning import caption_summary, captioning_summary
 from reporting.convergence import convergence_summary
-from reporting.figures import convergence_figure, curves_figure, transfer_figure
+from reporting.figures import (captioning_figure, convergence_figure, curves_figure,
+                               transfer_figure)
 from reporting.markdown import (BEGIN, CAPTION_BEGIN, CAPTION_END, END, captioning_section,
                                 markdown_body, readme_block_lines, write_readme)
 from reporting.paired import paired_summaries
@@ -169,6 +171,9 @@ def run(args):
     if convergence_figure(settings, os.path.join(out, "convergence.png")):
         figures.append(("convergence.png", "Copying: seeds at 99 % against epoch, and every "
                                            "seed's validation curve"))
+    if captioning_figure(settings, os.path.join(out, "captioning.png")):
+        figures.append(("captioning.png", "Image captioning: validation CIDEr against "
+                                          "iteration, one panel per model and data set"))
 
     data = {"settings_full": settings, "runs_full": runs, "skipped": skipped,
             "paired": paired_summaries(settings), "captioning": captioning}

@@ -379,3 +379,57 @@ def draw_seeds(ax, setting, shades, last):
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")  # a flat c-detach curve runs along the bottom
+
+
+def captioning_figure(settings, path):
+    """Image captioning: validation CIDEr (x 100, as the tables print it) against iteration,
+    one panel per model and data set, a colour per setting and a shade per seed (an open
+    circle where a run that has not finished stands). Returns False (and draws nothing) when
+    no captioning run has a validation CIDEr yet."""
+    present_all = [s for s in settings if s["task"] == "captioning"
+                   and any(run["cider_curve"] for run in s["runs"])]
+    if not present_all:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    experiments = sorted({s["experiment"] for s in present_all})
+    cols = 1 if len(experiments) == 1 else 2
+    rows = math.ceil(len(experiments) / cols)
+    entries = max(sum(1 for s in present_all if s["experiment"] == e) for e in experiments)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, (4.0 + 0.45 * entries) * rows),
+                             squeeze=False, layout="constrained")
+    for ax, experiment in zip(axes.flat, experiments + [None] * (rows * cols - len(experiments))):
+        if experiment is None:
+            ax.set_visible(False)
+            continue
+        present = [s for s in present_all if s["experiment"] == experiment]
+        present.sort(key=setting_order)
+        colours = colours_for([s["label"] for s in present], [s["base"] for s in present])
+        for setting in present:
+            runs = [run for run in setting["runs"] if run["cider_curve"]]
+            shades = seed_shades(matplotlib, colours[setting["label"]], len(runs))
+            for i, (run, shade) in enumerate(zip(runs, shades)):
+                iterations, cider = zip(*run["cider_curve"])
+                cider = [100 * value for value in cider]
+                # one legend line per setting (its seeds are the shades of its colour)
+                label = wrap(f"{setting['label']}: {runs_text(setting['runs'])}") \
+                    if i == 0 else None
+                ax.plot(iterations, cider, color=shade, lw=1.2, alpha=0.9, marker=".",
+                        label=label)
+                if not run["final"]:
+                    ax.plot(iterations[-1], cider[-1], "o", mfc="white", color=shade, ms=5)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("validation CIDEr (x 100)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.set_title(textwrap.fill(experiment, 70))
+        ax.legend(fontsize=LEGEND_FONT, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                  frameon=False)
+    fig.suptitle(textwrap.fill("Validation CIDEr of each run at each evaluation (the best model "
+                               "is the highest point); a colour per setting, a shade per seed",
+                               100 * cols), fontsize=10)
+    save_png(fig, path)
+    plt.close(fig)
+    return True
