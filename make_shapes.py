@@ -29,6 +29,9 @@ def build_parser():
     parser.flag("--seed", type=seed_value, default=0, help="random seed (default 0)")
     parser.flag("--size", type=positive_int, default=shapes.IMAGE_SIZE,
                 help=f"image width and height in pixels (default {shapes.IMAGE_SIZE})")
+    parser.flag("--overwrite", action="store_true",
+                help="replace a different shapes set already in OUT_DIR (the same set is "
+                     "simply written again)")
     return parser
 
 
@@ -36,7 +39,8 @@ def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
 
     def run():
-        summary = shapes.write_dataset(args.out_dir, args.images, args.seed, args.size)
+        summary = shapes.write_dataset(args.out_dir, args.images, args.seed, args.size,
+                                        overwrite=args.overwrite)
         print(shapes.summary_line(summary))
         return 0
     return report_errors(run)

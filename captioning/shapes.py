@@ -223,12 +223,34 @@ def make_dataset(n_images=IMAGES, seed=0, size=IMAGE_SIZE):
     return dataset, pictures
 
 
-def write_dataset(out_dir, n_images=IMAGES, seed=0, size=IMAGE_SIZE):
-    """Write the set under ``out_dir``; returns a summary."""
+def _set_in(out_dir):
+    """What the dataset_shapes.json already in ``out_dir`` says of its set ("seed 0, 600
+    images of 96 px"), or None where there is none."""
+    path = os.path.join(out_dir, JSON_NAME)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            old = json.load(handle)
+        return f"seed {old['seed']}, {len(old['images'])} images of {old['image_size']} px"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a file make_shapes.py cannot read"
+
+
+def write_dataset(out_dir, n_images=IMAGES, seed=0, size=IMAGE_SIZE, overwrite=False):
+    """Write the set under ``out_dir``; returns a summary. A different set already there
+    (other seed, count or size: the labels and features made from it would no longer match) is
+    a UsageError unless ``overwrite``; the same set is written again, byte for byte."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"{out_dir} exists and is not a folder")
+    dataset, pictures = make_dataset(n_images, seed, size)  # checks the numbers first
+    there = _set_in(out_dir)
+    wanted = f"seed {seed}, {n_images} images of {size} px"
+    if there is not None and there != wanted and not overwrite:
+        raise UsageError(f"{out_dir} already holds a shapes set ({there}), not this one "
+                         f"({wanted}); give another OUT_DIR, or --overwrite to replace it "
+                         "(and make its labels and features again)")
     check_writable(out_dir, "OUT_DIR")
-    dataset, pictures = make_dataset(n_images, seed, size)
     folder = os.path.join(out_dir, IMAGE_FOLDER)
     os.makedirs(folder, exist_ok=True)
     from tqdm import tqdm

@@ -382,6 +382,22 @@ def test_make_shapes_output_passes_labels_prepro(tmp_path, capsys):
     except SystemExit as stop:
         assert stop.code == 2
     assert "at least 10" in capsys.readouterr().err
+    # the same set again: written again, the same bytes; another set: refused, nothing touched
+    before = (out_dir / "dataset_shapes.json").read_bytes()
+    assert make_shapes.main([str(out_dir), "--images", "40", "--seed", "1", "--size",
+                             "48"]) == 0
+    assert (out_dir / "dataset_shapes.json").read_bytes() == before
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        make_shapes.main([str(out_dir), "--images", "40", "--seed", "2", "--size", "48"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a shapes set (seed 1, 40 images of 48 px)" \
+        in err and "--overwrite" in err
+    assert (out_dir / "dataset_shapes.json").read_bytes() == before
+    assert make_shapes.main([str(out_dir), "--images", "40", "--seed", "2", "--size", "48",
+                             "--overwrite"]) == 0
+    assert json.loads((out_dir / "dataset_shapes.json").read_text())["seed"] == 2
 
 
 # ----------------------------------------------------------------------------- loader
