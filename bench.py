@@ -52,6 +52,7 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import json
 import os
@@ -192,9 +193,25 @@ def count_launches(name, shape, device):
     """Operator launches of one training step of ``name`` (after a warm-up step), from torch's
     profiler: {"forward_per_step", "backward_per_step", "optimizer"} and, on CUDA, the same
     for GPU kernels (``kernels_*``). An op counts once however many ops it calls inside."""
-    from torch.profiler import ProfilerActivity, profile, record_function
     step = make_step(name, shape, device)
     step()
+    totals = count_step_launches(step, device)
+    steps = shape["steps"]
+    result = {"forward_per_step": round(totals["forward"] / steps, 2),
+              "backward_per_step": round(totals["backward"] / steps, 2),
+              "optimizer": totals["optimizer"]}
+    if device.type == "cuda":
+        result.update({"kernels_forward_per_step": round(totals["kernels_forward"] / steps, 2),
+                       "kernels_backward_per_step": round(totals["kernels_backward"] / steps,
+                                                          2),
+                       "kernels_optimizer": totals["kernels_optimizer"]})
+    return result
+
+
+def count_step_launches(step, device):
+    """The operator launches of one call of ``step(phase=...)`` (already warmed up), per phase:
+    {"forward", "backward", "optimizer"} and, on CUDA, ``kernels_<phase>`` (GPU kernels)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
@@ -251,15 +268,7 @@ def count_launches(name, shape, device):
         if ev.name.startswith("aten::") and not nested(ev):
             ops[label] += launches(ev)
         kernels[label] += len(getattr(ev, "kernels", []))  # the GPU kernels it launched
-    steps = shape["steps"]
-    result = {"forward_per_step": round(ops["forward"] / steps, 2),
-              "backward_per_step": round(ops["backward"] / steps, 2),
-              "optimizer": ops["optimizer"]}
-    if device.type == "cuda":
-        result.update({"kernels_forward_per_step": round(kernels["forward"] / steps, 2),
-                       "kernels_backward_per_step": round(kernels["backward"] / steps, 2),
-                       "kernels_optimizer": kernels["optimizer"]})
-    return result
+    return {**ops, **{f"kernels_{label}": n for label, n in kernels.items()}}
 
 
 def candidates(device):
@@ -600,18 +609,21 @@ def compare_captioning(reps, device=torch.device("cpu"), vocab=9487, hidden=512,
     criterion = LanguageModelCriterion()
     generator, rng = torch.Generator().manual_seed(1), random.Random(1)
 
-    def step(name):
+    def step(name, phase=contextlib.nullcontext):
         model = ours if name == "ours" else branch
         optimizer = steps_state.setdefault(name, torch.optim.Adam(model.parameters(), 1e-4))
-        logprobs = ours(fc, None, labels, p=0.25, generator=generator) if name == "ours" else \
-            branch(fc, labels, 0.25, rng)
-        loss = criterion(logprobs, labels[:, 1:], masks[:, 1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for param in model.parameters():
-            if param.grad is not None:
-                param.grad.clamp_(-0.1, 0.1)
-        optimizer.step()
+        with phase("forward"):
+            logprobs = ours(fc, None, labels, p=0.25, generator=generator) \
+                if name == "ours" else branch(fc, labels, 0.25, rng)
+            loss = criterion(logprobs, labels[:, 1:], masks[:, 1:])
+        with phase("backward"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with phase("optimizer"):
+            for param in model.parameters():
+                if param.grad is not None:
+                    param.grad.clamp_(-0.1, 0.1)
+            optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -627,6 +639,9 @@ def compare_captioning(reps, device=torch.device("cpu"), vocab=9487, hidden=512,
             times[name].append(1000 * (time.perf_counter() - start))
     result = {name: statistics.median(values) for name, values in times.items()}
     result["ours_over_branch"] = result["ours"] / result["branch"]
+    # what a GPU would pay per step in launches (one kernel at least per op: docs/speed.md)
+    result["launches"] = {name: count_step_launches(functools.partial(step, name), device)
+                          for name in names}
     print(f"\n{device.type} / captioning show_tell step (10 images x 5 captions, {hidden} "
           f"units, vocab {vocab}, {length + 1} steps, p=0.25; median of {reps}, "
           f"threads={torch.get_num_threads()})")
@@ -634,6 +649,11 @@ def compare_captioning(reps, device=torch.device("cpu"), vocab=9487, hidden=512,
     print(f"{'ours (fast HDetachLSTM)':<28}{result['ours']:>10.1f}")
     print(f"{'branch (per-step nn.LSTM)':<28}{result['branch']:>10.1f}")
     print(f"ours / branch: {result['ours_over_branch']:.3f}")
+    for name in names:
+        counts = result["launches"][name]
+        print(f"operator launches per training step, {name}: " + ", ".join(
+            f"{label} {counts[label]}" for label in ("forward", "backward", "optimizer")) +
+            f" (total {sum(counts[label] for label in ('forward', 'backward', 'optimizer'))})")
     return result
 
 

@@ -88,4 +88,11 @@ def test_the_captioning_row_compares_like_for_like(capsys):
         torch.testing.assert_close(a, b)
     result = bench.compare_captioning(1, vocab=11, hidden=6, fc_size=5, length=4)
     assert result["ours"] > 0 and result["branch"] > 0
-    assert "ours / branch:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ours / branch:" in out
+    # launches per training step (what a GPU pays), for both models, by phase
+    ours, branch = result["launches"]["ours"], result["launches"]["branch"]
+    assert all(counts[phase] > 0 for counts in (ours, branch)
+               for phase in ("forward", "backward", "optimizer"))
+    assert ours["optimizer"] == branch["optimizer"]  # the same parameters, the same Adam
+    assert "operator launches per training step, ours: forward" in out
