@@ -12,6 +12,8 @@ holding last.pt is continued with --resume, the others start. Stopping is always
 command later continues every run exactly where it stopped.
 """
 import argparse
+import dataclasses
+import fnmatch
 import os
 import re
 import shlex
@@ -109,6 +111,10 @@ def build_parser():
         sub.flag("--grids", default=None, metavar="FILE",
                  help="a Python file whose GRIDS dict adds grids of your own (see "
                       "running/grids.py)")
+        sub.flag("--only", action="append", default=None, metavar="PATTERN",
+                 help="only the grid's runs whose name matches PATTERN (shell-style: "
+                      "'copying/T300_p0.5_*'; a run's transfer or evaluation is named "
+                      "'RUN:transfer' / 'RUN:eval-test'); repeat it for more")
         if data:
             data_flags(sub)
         return sub
@@ -344,6 +350,14 @@ def open_plan(args):
         grid = get_grid(args.grid, known)
     except (KeyError, ValueError) as err:
         raise UsageError(err.args[0]) from None
+    if getattr(args, "only", None):
+        picked = tuple(run for run in grid.runs
+                       if any(fnmatch.fnmatchcase(run.name, pattern) for pattern in args.only))
+        if not picked:
+            raise UsageError(f"--only {' '.join(args.only)} matches no run of {grid.name} "
+                             f"(its runs are named like {grid.runs[0].name}; sweep.py list "
+                             f"{grid.name} --all shows them)")
+        grid = dataclasses.replace(grid, runs=picked)
     if os.path.exists(args.root) and not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root} exists and is not a folder")
     run_args = ["--flush-denormal"] if getattr(args, "flush_denormal", False) else []

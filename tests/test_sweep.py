@@ -786,3 +786,26 @@ def test_caption_data_is_checked_whole_and_a_paused_model_without_best_waits(tmp
     runfolder.write_state(str(folder), "paused", epoch=1, n_epochs=30)
     state, info = plan.state(evaluation)
     assert state == "waiting" and "no best_model.pt yet" in info["message"]
+
+
+def test_only_picks_runs_of_a_grid_by_name(tmp_path, capsys):
+    """--only PATTERN (repeatable): a seed or a setting of a grid, for run, list and status;
+    a pattern that matches nothing is one line naming how runs are called."""
+    root = tmp_path / "runs"
+    assert run_sweep("run", "smoke", "--root", root, "--only", "copying/T10_p0.25_s3",
+                     "--only", "copying/T10_p0.25_s3:*", "--threads", 1) == 0
+    assert (root / "copying/T10_p0.25_s3/results.json").exists()
+    assert (root / "copying/T10_p0.25_s3/transfer.json").exists()
+    assert not (root / "copying/T10_vanilla_s3").exists()
+    assert not (root / "copying/T10_p0.5_s3").exists()
+    capsys.readouterr()
+    assert run_sweep("status", "smoke", "--root", root, "--only", "copying/T10_p0.[25]*") == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]
+            if line.startswith("copying/")]
+    assert sorted(rows) == ["copying/T10_p0.25_s3", "copying/T10_p0.25_s3:transfer",
+                            "copying/T10_p0.5_s3", "copying/T10_p0.5_s3:transfer"]
+    assert run_sweep("list", "smoke", "--root", root, "--only", "copying/T10_vanilla_s3") == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 1 and "--save-dir" in listed[0] and "T10_vanilla_s3" in listed[0]
+    err = one_line_error(capsys, ["list", "smoke", "--root", root, "--only", "T10*"])
+    assert "matches no run of smoke" in err and "copying/T10_vanilla_s3" in err
