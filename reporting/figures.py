@@ -65,17 +65,10 @@ def curves_figure(settings, path):
         panels.append((experiment, None))
         if zoom:
             panels.append((experiment, zoom))
-    cols = 1 if len(panels) == 1 else 2
-    rows = math.ceil(len(panels) / cols)
     # Legends go under their panel (they would hide the curves): room for the longest.
     entries = max(legend_size(settings, experiment) for experiment in experiments)
-    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, (4.4 + 0.2 * entries) * rows),
-                             squeeze=False, layout="constrained")
-    for ax, panel in zip(axes.flat, panels + [None] * (rows * cols - len(panels))):
-        if panel is None:
-            ax.set_visible(False)
-            continue
-        experiment, zoom = panel
+    fig, cols, placed = panel_grid(plt, panels, 4.4 + 0.2 * entries)
+    for ax, (experiment, zoom) in placed:
         present = [s for s in settings if s["experiment"] == experiment]
         colours = colours_for([s["label"] for s in present], [s["base"] for s in present])
         right = 1
@@ -133,6 +126,23 @@ def curves_figure(settings, path):
                                "~100 %", 100 * cols), fontsize=10)
     save_png(fig, path)
     plt.close(fig)
+
+
+def panel_grid(plt, panels, row_height):
+    """A figure with a panel for each entry of ``panels``, two to a row (one column for a
+    single panel), rows ``row_height`` inches tall; a None entry leaves its place empty.
+    Returns (figure, columns, [(axes, panel)]), the unused axes hidden."""
+    cols = 1 if len(panels) == 1 else 2
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, row_height * rows),
+                             squeeze=False, layout="constrained")
+    placed = []
+    for ax, panel in zip(axes.flat, list(panels) + [None] * (rows * cols - len(panels))):
+        if panel is None:
+            ax.set_visible(False)
+        else:
+            placed.append((ax, panel))
+    return fig, cols, placed
 
 
 def wrap(label):
@@ -395,15 +405,9 @@ def captioning_figure(settings, path):
     from matplotlib import pyplot as plt
 
     experiments = sorted({s["experiment"] for s in present_all})
-    cols = 1 if len(experiments) == 1 else 2
-    rows = math.ceil(len(experiments) / cols)
     entries = max(sum(1 for s in present_all if s["experiment"] == e) for e in experiments)
-    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, (4.0 + 0.45 * entries) * rows),
-                             squeeze=False, layout="constrained")
-    for ax, experiment in zip(axes.flat, experiments + [None] * (rows * cols - len(experiments))):
-        if experiment is None:
-            ax.set_visible(False)
-            continue
+    fig, cols, placed = panel_grid(plt, experiments, 4.0 + 0.45 * entries)
+    for ax, experiment in placed:
         present = [s for s in present_all if s["experiment"] == experiment]
         present.sort(key=setting_order)
         colours = colours_for([s["label"] for s in present], [s["base"] for s in present])
