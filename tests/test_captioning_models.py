@@ -455,12 +455,13 @@ CUDA = torch.device("cuda", 0)
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("detach", model.DETACHES)
-def test_training_step_stays_on_cuda(monkeypatch, name, detach):
+@pytest.mark.parametrize("detach, standardize", [("h", False), ("c", False), ("h", True)])
+def test_training_step_stays_on_cuda(monkeypatch, name, detach, standardize):
     """Fake CUDA tensors (see tests/test_fake_cuda.py): two training steps (forward, criterion,
     backward by the stand-in engine, clipping, Adam); every output, parameter, gradient and
     optimiser state on the device, and the second step copies nothing from the host (but
-    c-detach's mask, non-blocking)."""
+    c-detach's mask, non-blocking). With --standardize-fc, the statistics (numpy arrays, as
+    caption_train computes them) go to the device once, before training."""
     from test_fake_cuda import HostToDevice, backward
     steps = caption_steps(LABELS)  # real labels: fake ones hold no values
     draw = models.draw_uniforms
@@ -474,7 +475,9 @@ def test_training_step_stays_on_cuda(monkeypatch, name, detach):
     gen = torch.Generator().manual_seed(0)
     with fake_tensor.FakeTensorMode():
         with torch.device("cuda"):
-            net = build_model(name, V, **SIZES, detach=detach)
+            net = build_model(name, V, **SIZES, detach=detach, standardize_fc=standardize)
+        if standardize:
+            net.set_fc_statistics(np.full(FC, 2.0, np.float32), np.full(FC, 0.5, np.float32))
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
         crit = LanguageModelCriterion()
         for step in range(2):
@@ -492,6 +495,7 @@ def test_training_step_stays_on_cuda(monkeypatch, name, detach):
             optimizer.step()
             assert logprobs.device == CUDA and logprobs.shape == (N, OUTPUTS, V + 1)
         tensors = [logprobs, loss] + list(net.parameters()) + [q.grad for q in net.parameters()]
+        tensors += list(net.buffers())
         tensors += [v for s in optimizer.state.values() for k, v in s.items() if k != "step"]
         for t in tensors:
             assert fake_tensor.is_fake(t) and t.device == CUDA, (t.device, type(t))
