@@ -162,8 +162,17 @@ def seed_shades(matplotlib, colour, n):
     to light (``colour`` itself for one seed)."""
     if n <= 1:
         return [colour]
-    shades = matplotlib.colormaps[FAMILIES.get(colour, "Greens")]
-    return [shades(0.95 - 0.45 * i / (n - 1)) for i in range(n)]
+    if colour in FAMILIES:
+        shades = matplotlib.colormaps[FAMILIES[colour]]
+        return [shades(0.95 - 0.45 * i / (n - 1)) for i in range(n)]
+    # a colour without a colormap of its own (pink, olive, ...: a panel's fifth setting and
+    # on): the colour itself, darkened to lightened; never another setting's family
+    red, green, blue = matplotlib.colors.to_rgb(colour)
+    shades = []
+    for i in range(n):
+        t = i / (n - 1)  # 0: 30 % darker, 1: 45 % of the way to white
+        shades.append(tuple(0.7 * c + t * (0.3 * c + 0.45 * (1 - c)) for c in (red, green, blue)))
+    return shades
 
 
 def zoom_range(experiment, present):

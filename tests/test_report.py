@@ -714,3 +714,20 @@ def test_short_runs_are_not_squeezed_and_seeds_are_told_apart(tmp_path, figures_
                else line.get_color() for line in ax.get_lines() if len(line.get_xdata()) > 1
                and line.get_linestyle() == "-"}
     assert len(colours) == 3
+
+
+def test_seed_shades_stay_in_their_settings_colour():
+    """A setting drawn in a colour without a colormap of its own (the fifth of a panel and on:
+    pink, olive, ...) got green shades, the colour of another setting (captioning.png had two
+    green settings); its seeds now get shades of its own colour, distinct from each other."""
+    import matplotlib
+    from matplotlib.colors import rgb_to_hsv, to_rgb
+
+    from reporting import figures
+    bases = set(figures.PALETTE) | set(figures.CANONICAL_COLOURS.values())
+    for colour in bases - set(figures.FAMILIES):
+        shades = figures.seed_shades(matplotlib, colour, 3)
+        assert len(set(shades)) == 3, colour
+        hue = rgb_to_hsv(to_rgb(colour))[0]
+        for shade in shades:  # darker or lighter, never another hue
+            assert rgb_to_hsv(to_rgb(shade))[0] == pytest.approx(hue, abs=1e-6), (colour, shade)
