@@ -5,7 +5,7 @@ import textwrap
 from reporting.convergence import fraction_curve, is_copying
 from reporting.refs import AUTHORS, PAPER, REPRO, references
 from reporting.runs import SOLVED, completeness, experiment_order, seed_of, setting_order
-from reporting.text import runs_text, test_set_text
+from reporting.text import common_modifiers, runs_text, short_label, test_set_text
 from reporting.transfer import transfer_delays, transfer_groups
 from running.runfolder import atomic_write
 
@@ -419,6 +419,7 @@ def captioning_figure(settings, path):
     for ax, experiment in placed:
         present = [s for s in present_all if s["experiment"] == experiment]
         present.sort(key=setting_order)
+        common = common_modifiers(present)  # said once, as the legend's title
         colours = colours_for([s["label"] for s in present], [s["base"] for s in present])
         for setting in present:
             runs = [run for run in setting["runs"] if run["cider_curve"]]
@@ -427,7 +428,7 @@ def captioning_figure(settings, path):
                 iterations, cider = zip(*run["cider_curve"])
                 cider = [100 * value for value in cider]
                 # one legend line per setting (its seeds are the shades of its colour)
-                label = wrap(f"{setting['label']}: {runs_text(setting['runs'])}") \
+                label = wrap(f"{short_label(setting, common)}: {runs_text(setting['runs'])}") \
                     if i == 0 else None
                 ax.plot(iterations, cider, color=shade, lw=1.2, alpha=0.9, marker=".",
                         label=label)
@@ -439,7 +440,8 @@ def captioning_figure(settings, path):
         ax.grid(alpha=0.3)
         ax.set_title(textwrap.fill(experiment, 70))
         ax.legend(fontsize=LEGEND_FONT, loc="upper center", bbox_to_anchor=(0.5, -0.13),
-                  frameon=False)
+                  frameon=False, title_fontsize=LEGEND_FONT,
+                  title=wrap("every setting here: " + ", ".join(common)) if common else None)
     fig.suptitle(textwrap.fill("Validation CIDEr of each run at each evaluation (the best model "
                                "is the highest point); a colour per setting, a shade per seed",
                                100 * cols), fontsize=10)

@@ -11,8 +11,9 @@ from reporting.runs import (SOLVED, completeness, experiment_order, is_ablation,
                             setting_order)
 from reporting.standing import standing_section
 from reporting.text import (ahead_from_text, ahead_text, best_text, cdetach_sentence,
-                            first_epoch_text, median_text, milestone_text, pct, runs_text,
-                            solved_pair_text, table, test_set_text)
+                            common_modifiers, first_epoch_text, median_text, milestone_text,
+                            pct, runs_text, short_label, solved_pair_text, table,
+                            test_set_text)
 from reporting.transfer import transfer_delays, transfer_groups
 from running.errors import UsageError
 from running.runfolder import CAPTION_METRICS, atomic_write
@@ -384,9 +385,9 @@ def caption_stat_cells(stats):
     return cells
 
 
-def caption_setting_rows(setting):
+def caption_setting_rows(setting, label=None):
     summary = setting["summary"]
-    label = setting["label"]
+    label = label or setting["label"]
     rows = []
     for run in setting["runs"]:
         item = greedy_eval(run)
@@ -468,9 +469,12 @@ def captioning_section(captioning, settings, h):
               "test evaluation; note"]
     for entry in captioning["experiments"]:
         present = sorted(by_experiment.get(entry["experiment"], []), key=setting_order)
+        # Beside the COCO references every label stays whole (a shortened one could read as
+        # the authors' command); elsewhere what all settings share is said once.
+        common = [] if entry["coco"] else common_modifiers(present)
         rows = []
         for setting in present:
-            rows += caption_setting_rows(setting)
+            rows += caption_setting_rows(setting, short_label(setting, common))
         for base in entry["not_measured"]:
             for ref in caption_references(entry["experiment"], base):
                 rows.append([base, ref.source, "not measured", "",
@@ -488,7 +492,8 @@ def captioning_section(captioning, settings, h):
                              # paths (the sweep stores its data paths absolute)
                              f"{baseline['test_images']} test images of "
                              f"{os.path.basename(baseline['labels_json'])}"])
-        lines += [f"{entry['experiment']}:", ""] + table(header, rows)
+        shared = [f"Every setting below also has: {', '.join(common)}.", ""] if common else []
+        lines += [f"{entry['experiment']}:", ""] + shared + table(header, rows)
         notes = []
         for baseline in entry.get("baselines", []):
             if "metrics" not in baseline:

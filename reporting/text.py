@@ -126,3 +126,25 @@ def test_set_text(transfer):
     rng = transfer.get("rng", "kit")
     return (f"{transfer['test_size']:,} sequences, seed {transfer['seed']}, "
             f"{streams.get(rng, rng)}")
+
+
+def common_modifiers(settings):
+    """The modifiers (what sets a setting apart from the protocol) that every one of
+    ``settings`` has, in the first's order: said once above a table of two or more settings
+    instead of in every label. Empty for fewer than two."""
+    if len(settings) < 2:
+        return []
+    rest = [set(setting["modifiers"]) for setting in settings[1:]]
+    return [m for m in settings[0]["modifiers"] if all(m in others for others in rest)]
+
+
+def short_label(setting, common):
+    """``setting``'s label without the ``common`` modifiers (what it adds stays, and so does a
+    disambiguation suffix)."""
+    if not common:
+        return setting["label"]
+    full = setting["base"] + (f" ({', '.join(setting['modifiers'])})"
+                              if setting["modifiers"] else "")
+    suffix = setting["label"][len(full):] if setting["label"].startswith(full) else ""
+    rest = [m for m in setting["modifiers"] if m not in common]
+    return setting["base"] + (f" ({', '.join(rest)})" if rest else "") + suffix

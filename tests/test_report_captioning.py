@@ -522,3 +522,30 @@ def test_no_captioning_run_no_captioning_figure(tmp_path):
     make_run(root / "c", "copying", ["--T", "100"], [10, 20])
     run_report(root, tmp_path / "out")
     assert not (tmp_path / "out" / "captioning.png").exists()
+
+
+def test_what_every_setting_of_a_table_shares_is_said_once(tmp_path, monkeypatch):
+    """A synthetic table whose settings all differ from the protocol in the same ways says so
+    once above it and labels each setting by what sets it apart; beside the COCO references
+    the labels stay whole (a shortened one would read as the authors' command)."""
+    monkeypatch.setattr(caption_metrics, "score", fake_score([]))
+    shapes = shapes_labels(tmp_path / "data" / "shapes.json")
+    coco = coco_labels(tmp_path / "data" / "coco.json")
+    root = tmp_path / "runs"
+    small = ["--rnn-size", "128", "--learning-rate", "2e-3"]
+    make_caption_run(root / "raw", shapes, small, test=0.6)
+    make_caption_run(root / "std", shapes, small + ["--standardize-fc"], test=0.9)
+    make_caption_run(root / "coco_raw", coco, small, test=0.6)
+    make_caption_run(root / "coco_p", coco, small + ["--p-detach", "0.25"], test=0.7)
+    data, text = run_report(root, tmp_path / "out")
+    parts = section(text)
+    shapes_part = "\n".join(parts[ST_SHAPES])
+    assert "Every setting below also has: lr=2e-3, hidden 128." in shapes_part
+    assert row(parts[ST_SHAPES], "| vanilla |", "| seed 0 |")[11].startswith("eval_test.json")
+    assert row(parts[ST_SHAPES], "| vanilla (fc standardized) |", "| seed 0 |")
+    coco_part = "\n".join(parts[ST_COCO])
+    assert "Every setting below" not in coco_part
+    assert row(parts[ST_COCO], "| h-detach p=0.25 (lr=2e-3, hidden 128) |", "| seed 0 |")
+    # the run table and report.json keep every setting's whole label
+    labels = {run["path"]: run["setting"] for run in data["runs"]}
+    assert labels["std"] == "vanilla (lr=2e-3, hidden 128, fc standardized)"
