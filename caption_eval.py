@@ -30,8 +30,8 @@ from captioning.metrics import SPICE_NOTE, table
 from captioning.models import MAX_LENGTH, build_model
 from running.devices import resolve_device
 from running.errors import UsageError, report_errors
-from running.runfolder import (check_writable, file_sha256, holder_pid, read_checkpoint,
-                               read_json, set_threads)
+from running.runfolder import (check_writable, file_sha256, holder_pid, model_path,
+                               read_checkpoint, read_json, set_threads)
 from utils import ArgParser, add_threads_flag, image_count, positive_int
 
 TASK = "captioning"
@@ -86,14 +86,7 @@ def build_parser():
 
 def load_model(model_dir, device):
     """``(model, checkpoint, path, sha256)`` of a captioning checkpoint or run folder."""
-    path = model_dir
-    if os.path.isdir(model_dir):
-        path = os.path.join(model_dir, "best_model.pt")
-        if not os.path.isfile(path):
-            raise UsageError(f"{model_dir} holds no best_model.pt (a captioning run writes it "
-                             "at its first validation)")
-    elif not os.path.exists(model_dir):
-        raise UsageError(f"--model-dir {model_dir} does not exist")
+    path = model_path(model_dir, "a captioning run writes it at its first validation")
     checkpoint, digest = read_checkpoint(path, task=TASK)
     config = checkpoint.get("model_config")
     if not isinstance(config, dict) or "caption_model" not in config or \

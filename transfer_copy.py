@@ -31,8 +31,8 @@ from running.devices import resolve_device
 from running.errors import UsageError, report_errors
 from running.numerics import add_numerics_flag, denormals_flushed, fingerprint, warn_in_process
 from running.resume import RNG_MODES
-from running.runfolder import (check_writable, now_iso, read_checkpoint, record_transfer,
-                               set_threads)
+from running.runfolder import (check_writable, model_path, now_iso, read_checkpoint,
+                               record_transfer, set_threads)
 from utils import ArgParser, StopSignals, add_threads_flag, positive_int, seed_value
 
 
@@ -68,14 +68,7 @@ def test_symbols(rng, seed, size):
 def load_model(model_dir, device):
     """The network of a copying checkpoint, rebuilt from the sizes stored in it, the
     checkpoint, its path and the SHA-256 of the bytes it was loaded from."""
-    path = model_dir
-    if os.path.isdir(model_dir):
-        path = os.path.join(model_dir, "best_model.pt")
-        if not os.path.isfile(path):
-            raise UsageError(f"{model_dir} holds no best_model.pt (a copying run writes it at the "
-                             "end of its first epoch)")
-    elif not os.path.exists(model_dir):
-        raise UsageError(f"--model-dir {model_dir} does not exist")
+    path = model_path(model_dir, "a copying run writes it at the end of its first epoch")
     checkpoint, digest = read_checkpoint(path, task=TASK)
     config = checkpoint["model_config"]
     if config.get("num_classes") != NUM_CLASSES:

@@ -436,6 +436,19 @@ def load_checkpoint(path, task=None):
     return read_checkpoint(path, task)[0]
 
 
+def model_path(model_dir, written_when):
+    """The checkpoint ``--model-dir`` names: the file itself, or a run folder's best_model.pt
+    (``written_when`` says when a run writes it, for the one-line error where it has not)."""
+    if os.path.isdir(model_dir):
+        path = os.path.join(model_dir, "best_model.pt")
+        if not os.path.isfile(path):
+            raise UsageError(f"{model_dir} holds no best_model.pt ({written_when})")
+        return path
+    if not os.path.exists(model_dir):
+        raise UsageError(f"--model-dir {model_dir} does not exist")
+    return model_dir
+
+
 def read_checkpoint(path, task=None):
     """``(checkpoint, sha256)``: a checkpoint as ``load_checkpoint`` loads it, and the SHA-256 of
     the very bytes it was loaded from. The file is read once: a run training in the folder may
