@@ -207,9 +207,8 @@ def draw_references(ax, experiment, present, colours, right, labels=True):
                 label = f"{ref.source}: {ref.setting} test acc. {ref.text}"
             ax.axhline(ref.value, color=colour, ls=style, lw=1, alpha=0.8, label=label)
         elif ref.kind == "valid_max":
-            ax.plot([0, ref.at], [ref.value, ref.value], color=colour, ls=SOURCE_STYLES[ref.source],
-                    lw=1,
-                    label=label)
+            ax.plot([0, ref.at], [ref.value, ref.value], color=colour,
+                    ls=SOURCE_STYLES[ref.source], lw=1, label=label)
             right = max(right, ref.at)
         elif ref.kind == "valid_at":
             ax.plot(ref.at, ref.value, SOURCE_MARKERS[ref.source], color=colour, mfc="none",
@@ -291,6 +290,7 @@ def convergence_figure(settings, path):
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.transforms import offset_copy
 
     copying = [s for s in settings if is_copying(s) and s["runs"]]
     groups = {}
@@ -321,8 +321,12 @@ def convergence_figure(settings, path):
                      "seeds\nwhose run got that far; solid: every seed counted, dashed: only "
                      "some", fontsize=10)
         ax.grid(alpha=0.3)
-        # Under the panel: inside it would hide a step of some curve.
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+        # Under the panel: inside it would hide a step of some curve. Its offset is in points,
+        # below the tick labels and "epoch": a fraction of the axes put it over the label when
+        # a delay's group was one row high.
+        below = offset_copy(ax.transAxes, fig=fig, y=-38, units="points")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below,
+                  frameon=False)
         for i, setting in enumerate(members):
             panel = fig.add_subplot(grid[row0 + i // cols, 1 + i % cols])
             shades = seed_shades(matplotlib, colours[setting["label"]], len(setting["runs"]))

@@ -563,7 +563,8 @@ def test_runs_show_their_numerics_and_a_setting_of_mixed_arithmetic_is_flagged(t
     assert flagged == ["- copying T=100, vanilla: portable (AVX2): seed 1; native (AVX512): "
                        "seed 2; unrecorded: seed 3"]
     # p = 0.5 has one run: nothing to flag
-    assert not any(line.startswith("- copying T=100, h-detach p=0.5:") for line in text.split("\n"))
+    assert not any(line.startswith("- copying T=100, h-detach p=0.5:")
+                   for line in text.split("\n"))
 
 
 def test_no_mean_over_unfinished_runs_at_different_epochs(tmp_path):
@@ -663,7 +664,8 @@ def texts_of(fig):
 
 def test_no_figure_cuts_or_overlaps_its_text(tmp_path, figures_drawn):
     """Long labels (a smoke grid's, a transfer test set's) wrapped: every text lies inside its
-    figure, and no two panel titles overlap (issue 34, item 6)."""
+    figure, no two panel titles overlap (issue 34, item 6) and no legend covers its panel's
+    axis label."""
     root = tmp_path / "runs"
     long = ["--T", "1", "--lstm-size", "64", "--lr", "5e-3", "--batch_size", "20",
             "--train-size", "2000", "--test-size", "200", "--n-epochs", "12", "--anneal-p", "2"]
@@ -690,6 +692,14 @@ def test_no_figure_cuts_or_overlaps_its_text(tmp_path, figures_drawn):
         for i, a in enumerate(titles):
             for b in titles[i + 1:]:
                 assert not a.overlaps(b), f"{name}: two panel titles overlap"
+        # A legend under its panel stays clear of that panel's axis label: in a one-row group
+        # of convergence.png it was drawn over the word "epoch".
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if ax.get_visible() and legend and ax.xaxis.label.get_text():
+                assert not legend.get_window_extent(renderer).overlaps(
+                    ax.xaxis.label.get_window_extent(renderer)), \
+                    f"{name}: a legend covers its panel's {ax.xaxis.label.get_text()!r} label"
 
 
 def test_short_runs_are_not_squeezed_and_seeds_are_told_apart(tmp_path, figures_drawn):
