@@ -37,7 +37,7 @@ def repeats_text(setting):
     repeats = setting.get("repeats") or []
     if not repeats:
         return ""
-    return (f" (not counted, repeats of a seed: "
+    return (" (not counted, repeats of a seed: "
             + ", ".join(f"{run['path']} = seed {seed_of(run)}" for run in repeats) + ")")
 
 
@@ -508,7 +508,7 @@ def captioning_section(captioning, settings, h):
     return lines
 
 
-# ----------------------------------------------------------------------- convergence, c-detach, pairs
+# ------------------------------------------------------------------- convergence, c-detach, pairs
 
 def convergence_section(settings, h, milestones=MILESTONES):
     """The per-setting counts table and the per-seed table (markdown lines ending with a blank
@@ -594,7 +594,7 @@ def paired_section(summaries, h, milestones=MILESTONES):
              "initial weights and batches; only the detach draws differ, so each seed is a "
              "paired comparison. 'Ahead' means a strictly higher validation accuracy at that "
              "epoch; seeds are counted at epoch M only where both runs have done M. "
-             f"Accuracies are 'h-detach / vanilla' (%). Nothing here is averaged over seeds.",
+             "Accuracies are 'h-detach / vanilla' (%). Nothing here is averaged over seeds.",
              ""]
     rows = []
     for summary in summaries:

@@ -50,9 +50,10 @@ def task_defaults(task):
 
 def normalise_args(task, args):
     """The run's arguments as its setting sees them: flags the run predates take the value
-    they had in effect (``PREDATED_VALUES``: ``rng`` kit) or today's defaults; a missing ``detach`` is h-detach (the only kind before the flag); p <= 0 is
-    plain BPTT whatever its value and whichever state it would detach, so all of it is one
-    setting; so is every clip value <= 0 (no clipping)."""
+    they had in effect (``PREDATED_VALUES``: ``rng`` kit) or today's defaults; a missing
+    ``detach`` is h-detach (the only kind before the flag); p <= 0 is plain BPTT whatever its
+    value and whichever state it would detach, so all of it is one setting; so is every clip
+    value <= 0 (no clipping)."""
     merged = {**task_defaults(task), **PREDATED_VALUES, **args}
     merged.setdefault("detach", "h")
     if merged.get("p_detach") is None or merged["p_detach"] <= 0:

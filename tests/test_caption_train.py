@@ -557,7 +557,7 @@ def test_help_reads_and_takes_the_branchs_names():
         1e-4, 10, 5, 30, 0.1, 6000, 5000, 1, 1, -1.0)
 
 
-# ----------------------------------------------------------------------------- tools that read runs
+# ---------------------------------------------------------------------------- tools that read runs
 
 def test_report_and_status_on_a_root_with_a_captioning_run(tiny_run, tmp_path, capsys):
     root = tmp_path / "root"

@@ -82,7 +82,8 @@ def test_counts_by_epoch_use_only_the_seeds_whose_run_got_there(seeds_report):
                                    "200": {"reached": 1, "known": 1, "not_there_yet": []}}
     assert hdetach["median_first_epoch"] == 80
     # A run done at its planned 200 epochs without converging: a failure at every milestone.
-    row = row_of(counts_table(text), "| copying T=100 | h-detach p=0.25 (200 epochs planned) | 1 |")
+    row = row_of(counts_table(text),
+                 "| copying T=100 | h-detach p=0.25 (200 epochs planned) | 1 |")
     # Its run is done: the median is not defined, and will not be ('yet' would promise more).
     assert "| 0 of 1 | 0 of 1 | 0 of 1 | not defined (0 of 1 reached 99 %) |" in row
     row = row_of(counts_table(text), "| copying T=100 | h-detach p=0.25 | 1 |")
