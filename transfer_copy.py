@@ -110,9 +110,10 @@ def run(args, device):
         # The same 5,000 sequences for a given (rng, seed, T'), whatever else is asked.
         symbols = test_symbols(args.rng, args.seed, args.test_size)
         # A CPU takes minutes for the long delays (T' = 5000 most of them): a bar per delay on
-        # stderr, gone once its row is printed, so the table on stdout stays as it was.
+        # stderr, gone once its row is printed, so the table on stdout stays as it was; on a
+        # terminal only (disable=None), as training's: a sweep's transfer.log keeps the table.
         with tqdm(total=args.test_size, desc=f"T'={delay}", unit="seq", leave=False,
-                  dynamic_ncols=True, mininterval=1.0) as bar:
+                  dynamic_ncols=True, mininterval=1.0, disable=None) as bar:
             loss, accuracy = evaluate(net, symbols, delay, device, progress=bar.update)
         rows[delay] = {"T": delay, "accuracy": accuracy, "loss": loss, "rng": args.rng}
         print(f"{delay:>6}  {accuracy:>10.2f}  {loss:>8.4f}", flush=True)

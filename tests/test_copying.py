@@ -154,7 +154,8 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(tiny_run):
     assert last["epoch"] == 3 and last["iteration"] == 9
 
 
-def test_transfer_prints_table_and_writes_json(tiny_run, capsys):
+def test_transfer_prints_table_and_writes_json(tiny_run, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # as on a terminal
     assert transfer_copy.main(["--model-dir", str(tiny_run), "--T", "6", "12",
                                "--test-size", "30", "--device", "cpu", "--rng", "kit"]) == 0
     captured = capsys.readouterr()
@@ -174,10 +175,13 @@ def test_transfer_prints_table_and_writes_json(tiny_run, capsys):
     _, acc = copying.evaluate(net, symbols, 6, torch.device("cpu"))
     assert data["results"][0]["accuracy"] == pytest.approx(acc)
     # A later call for another delay keeps the earlier rows.
+    monkeypatch.undo()  # stderr to a file (a sweep's transfer.log): the table, no bars
     transfer_copy.main(["--model-dir", str(tiny_run / "best_model.pt"), "--T", "9",
                         "--test-size", "30", "--device", "cpu", "--rng", "kit"])
     data = json.loads((tiny_run / "transfer.json").read_text())
     assert [row["T"] for row in data["results"]] == [6, 9, 12]
+    captured = capsys.readouterr()
+    assert "\n     9" in captured.out and "T'=" not in captured.err and "\r" not in captured.err
 
 
 def test_transfer_ties_its_rows_to_the_weights_it_measured(tiny_run, tmp_path, monkeypatch):
