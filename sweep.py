@@ -710,7 +710,10 @@ class LocalSweep:
             if self.stop_reason:
                 self._stop_all(bar)
                 return
-            for run in list(pending):
+            # A free slot goes first to a transfer or evaluation whose model is ready (minutes),
+            # then to training (hours): in grid order alone, a model paused at its stage waited
+            # for its measurement until every later training run of the grid had stopped.
+            for run in sorted(pending, key=lambda run: not run.is_transfer):
                 if len(self.running) >= self.jobs:
                     break
                 if run.is_transfer:

@@ -368,7 +368,13 @@ def mnist():
     return Grid("mnist", "an MNIST run", (mnist_run("m", 0.25, 1, n_epochs=1),))
 
 
-GRIDS = {"failing": failing, "pair": pair, "slow": slow, "mnist": mnist}
+def queue():
+    first, second = (copying_run("c", 6, 0.5, seed, **TINY) for seed in (6, 7))
+    return Grid("queue", "two models, the first one's transfer last",
+                (first, second, transfer_run(first, delays=(8,), test_size=40)))
+
+
+GRIDS = {"failing": failing, "pair": pair, "slow": slow, "mnist": mnist, "queue": queue}
 '''
 
 
@@ -377,6 +383,23 @@ def grid_file(tmp_path):
     path = tmp_path / "my_grids.py"
     path.write_text(GRID_FILE)
     return path
+
+
+def test_a_ready_transfer_goes_before_the_next_training_run(grid_file, tmp_path, capsys,
+                                                            monkeypatch):
+    """One slot: when the first model is done, its transfer (minutes) starts before the second
+    model's training (hours), though the grid lists it last: a sweep stopped by its time limit
+    each session would otherwise leave every measurement to the session after all training."""
+    launched, launch = [], sweep.LocalSweep.launch
+
+    def recording(self, run, state):
+        launched.append(run.name)
+        launch(self, run, state)
+    monkeypatch.setattr(sweep.LocalSweep, "launch", recording)
+    root = tmp_path / "runs"
+    assert run_sweep("run", "queue", "--root", root, "--grids", grid_file, "--jobs", 1) == 0
+    assert launched == ["c/T6_p0.5_s6", "c/T6_p0.5_s6:transfer", "c/T6_p0.5_s7"]
+    assert json.loads((root / "c/T6_p0.5_s6/transfer.json").read_text())["results"]
 
 
 def test_a_failed_run_is_reported_and_the_others_finish(grid_file, tmp_path, capsys):
