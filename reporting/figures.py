@@ -247,7 +247,14 @@ def transfer_figure(runs, path):
             ax.plot([r.at for r in refs], [r.value for r in refs], "s--", color=colour,
                     alpha=0.6, lw=1, ms=4, label=f"paper: {base}")
         test_sets = {test_set_text(run["transfer"]) for run in members}
-        for run in sorted(members, key=lambda r: (setting_order(r), r["seed"] or 0)):
+        ordered = sorted(members, key=lambda r: (setting_order(r), r["seed"] or 0))
+        # The seeds of a setting in shades of its colour, as in the other figures.
+        shade = {}
+        for label in labels:
+            of_setting = [r["path"] for r in ordered if r["setting"] == label]
+            shade.update(zip(of_setting, seed_shades(matplotlib, colours[label],
+                                                     len(of_setting))))
+        for run in ordered:
             transfer = run["transfer"]
             delays = [int(d) for d in transfer["accuracy"]]
             note = "" if run["final"] else f"; run {completeness(run)}"
@@ -255,7 +262,7 @@ def transfer_figure(runs, path):
             # The test set is in the title when every run shares it, else in each label.
             test_set = "" if len(test_sets) == 1 else f"; {test_set_text(transfer)}"
             ax.plot(delays, list(transfer["accuracy"].values()), "o-",
-                    color=colours[run["setting"]], lw=1.6,
+                    color=shade[run["path"]], lw=1.6,
                     label=wrap(f"ours: {run['setting']}, seed {seed_of(run)} "
                                f"({transfer['checkpoint']} of epoch "
                                f"{transfer['checkpoint_epoch']}{note}{stale}{test_set})"))

@@ -715,15 +715,24 @@ def test_short_runs_are_not_squeezed_and_seeds_are_told_apart(tmp_path, figures_
 
     root = tmp_path / "seeds"
     for seed in (1, 2, 3):
-        make_run(root / f"s{seed}", "copying", ["--T", "100", "--seed", str(seed)],
-                 [10 * seed, 20 * seed], finished=False)
+        folder = make_run(root / f"s{seed}", "copying", ["--T", "100", "--seed", str(seed)],
+                          [10 * seed, 20 * seed], finished=False)
+        runfolder.write_json(folder / "transfer.json", {
+            "format": "h-detach-transfer/2", "measurements": [{
+                "checkpoint": "best_model.pt", "checkpoint_sha256": None, "trained_T": 100,
+                "checkpoint_epoch": 2, "seed": 555, "test_size": 5000, "rng": "kit",
+                "results": [{"T": t, "accuracy": 20.0 + seed, "loss": 0.1}
+                            for t in (200, 400)]}]})
     figures_drawn.clear()
     run_report(root, tmp_path / "out2")
-    ax = figures_drawn["valid_accuracy.png"].axes[0]
-    colours = {tuple(line.get_color()) if not isinstance(line.get_color(), str)
-               else line.get_color() for line in ax.get_lines() if len(line.get_xdata()) > 1
-               and line.get_linestyle() == "-"}
-    assert len(colours) == 3
+
+    def our_colours(ax):  # our runs' solid lines; the paper's rows are dashed
+        return {tuple(line.get_color()) if not isinstance(line.get_color(), str)
+                else line.get_color() for line in ax.get_lines() if len(line.get_xdata()) > 1
+                and line.get_linestyle() == "-"}
+    assert len(our_colours(figures_drawn["valid_accuracy.png"].axes[0])) == 3
+    # The transfer figure too: three seeds of vanilla were three lines of one black.
+    assert len(our_colours(figures_drawn["transfer.png"].axes[0])) == 3
 
 
 def test_seed_shades_stay_in_their_settings_colour():
