@@ -650,6 +650,16 @@ def figures_drawn(monkeypatch):
     return kept
 
 
+def write_transfer(folder, accuracy):
+    """A transfer.json of the protocol's test set for a T = 100 run's best model of epoch 2:
+    ``accuracy`` (%) per delay T'."""
+    runfolder.write_json(folder / "transfer.json", {
+        "format": "h-detach-transfer/2", "measurements": [{
+            "checkpoint": "best_model.pt", "checkpoint_sha256": None, "trained_T": 100,
+            "checkpoint_epoch": 2, "seed": 555, "test_size": 5000, "rng": "kit",
+            "results": [{"T": t, "accuracy": a, "loss": 0.1} for t, a in accuracy.items()]}]})
+
+
 def texts_of(fig):
     """Every visible piece of text: the figure's own, each panel's title, labels and legend."""
     texts = list(fig.texts)
@@ -673,11 +683,7 @@ def test_no_figure_cuts_or_overlaps_its_text(tmp_path, figures_drawn):
         make_run(root / f"demo_{p}", "copying", [*long, "--p-detach", p], [12, 20, 33])
     folder = make_run(root / "t100", "copying", ["--T", "100", "--p-detach", "0.5"], [20, 60],
                       finished=False)
-    transfer = {"format": "h-detach-transfer/2", "measurements": [{
-        "checkpoint": "best_model.pt", "checkpoint_sha256": None, "trained_T": 100,
-        "checkpoint_epoch": 2, "seed": 555, "test_size": 5000, "rng": "kit",
-        "results": [{"T": t, "accuracy": 50.0, "loss": 0.1} for t in (200, 400, 5000)]}]}
-    runfolder.write_json(folder / "transfer.json", transfer)
+    write_transfer(folder, {200: 50.0, 400: 50.0, 5000: 50.0})
     run_report(root, tmp_path / "out")
     assert set(figures_drawn) == {"valid_accuracy.png", "transfer.png", "convergence.png"}
     for name, fig in figures_drawn.items():
@@ -717,12 +723,7 @@ def test_short_runs_are_not_squeezed_and_seeds_are_told_apart(tmp_path, figures_
     for seed in (1, 2, 3):
         folder = make_run(root / f"s{seed}", "copying", ["--T", "100", "--seed", str(seed)],
                           [10 * seed, 20 * seed], finished=False)
-        runfolder.write_json(folder / "transfer.json", {
-            "format": "h-detach-transfer/2", "measurements": [{
-                "checkpoint": "best_model.pt", "checkpoint_sha256": None, "trained_T": 100,
-                "checkpoint_epoch": 2, "seed": 555, "test_size": 5000, "rng": "kit",
-                "results": [{"T": t, "accuracy": 20.0 + seed, "loss": 0.1}
-                            for t in (200, 400)]}]})
+        write_transfer(folder, {200: 20.0 + seed, 400: 20.0 + seed})
     figures_drawn.clear()
     run_report(root, tmp_path / "out2")
 
