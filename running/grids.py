@@ -181,14 +181,15 @@ def campaign_t300():
     """The paper's sharpest claim, measured on this kit's CPU machines (results/): copying
     T = 300, seed 3, vanilla and h-detach p = 0.5, the authors' protocol (600 epochs planned,
     --anneal-p 40), the kit's streams (--rng kit) like every committed copying run so that the
-    two settings are a pair, in stages of --until-epoch (stage 1: epoch 100, stage 2: epoch
-    250), so that one command continues both to the stage in hand. p = 0.25 joins once these
-    two have reached their stage."""
+    two settings are a pair, in stages of --until-epoch (stage 1, epoch 100: done for the pair;
+    now stage 2, epoch 250), so that one command continues them to the stage in hand. p = 0.25
+    joined when the pair had reached stage 1: last in grid order, so that with two slots the
+    pair goes on first and p = 0.25 takes the first slot that frees."""
     flags = dict(n_epochs=600, anneal_p=40, device="cpu", rng="kit")
-    models = [copying_run("copying", 300, p, 3, **flags) for p in (-1, 0.5)]
-    return Grid("campaign-T300", "copying T = 300, vanilla / p = 0.5, seed 3, on CPU, staged "
-                "(stage 1: epoch 100, stage 2: epoch 250 of 600)", tuple(models),
-                until_epoch=100)
+    models = [copying_run("copying", 300, p, 3, **flags) for p in (-1, 0.5, 0.25)]
+    return Grid("campaign-T300", "copying T = 300, vanilla / p = 0.5 (then p = 0.25), seed 3, "
+                "on CPU, staged (stage 1: epoch 100, stage 2: epoch 250 of 600)", tuple(models),
+                until_epoch=250)
 
 
 def paper_captioning():
