@@ -37,6 +37,7 @@ What the branch does, and so what this does:
 Nothing here runs on import.
 """
 import concurrent.futures
+import io
 import os
 import random
 import zipfile
@@ -177,21 +178,47 @@ class CaptionLoader:
                     "features")
         self._checked.add(split)
 
+    def _fetch(self, ix):
+        """The bytes of image ``ix``'s feature files: file I/O only, so that it can run on
+        the reading threads (reading releases the GIL; decoding does not)."""
+        files = []
+        for path in self._paths(ix):
+            if path is None:
+                continue
+            try:
+                with open(path, "rb") as handle:
+                    files.append((path, handle.read()))
+            except OSError as err:
+                raise UsageError(f"cannot read the features {path} ({err})") from None
+        return files
+
+    @staticmethod
+    def _decode(files):
+        """fc (C,) and att (att * att, C) or None as float32, from ``_fetch``'s bytes.
+
+        Runs on the calling thread only: numpy parses a .npy header with
+        ``ast.literal_eval``, and CPython 3.11 keeps the AST constructor's recursion count
+        per interpreter, not per thread, so two threads parsing at once can fail with
+        "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905)."""
+        (fc_path, fc_raw), *att_file = files
+
+        def load(path, raw, key=None):
+            try:
+                if key is None:
+                    return np.load(io.BytesIO(raw))
+                with np.load(io.BytesIO(raw)) as data:
+                    return data[key]
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+                raise UsageError(f"cannot read the features {path} ({err})") from None
+
+        fc = load(fc_path, fc_raw).astype(np.float32, copy=False)
+        if not att_file:
+            return fc, None
+        att = load(*att_file[0], key="feat")
+        return fc, att.reshape(-1, att.shape[-1]).astype(np.float32, copy=False)
+
     def _read(self, ix):
-        fc_path, att_path = self._paths(ix)
-        path = fc_path
-        try:
-            fc = np.load(fc_path)
-            att = None
-            if att_path is not None:
-                path = att_path
-                with np.load(att_path) as data:
-                    att = data["feat"]
-                att = att.reshape(-1, att.shape[-1])
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise UsageError(f"cannot read the features {path} ({err})") from None
-        return fc.astype(np.float32, copy=False), \
-            (None if att is None else att.astype(np.float32, copy=False))
+        return self._decode(self._fetch(ix))
 
     def fc_statistics(self, split="train"):
         """The per-dimension mean and standard deviation (population) of the fc features over
@@ -219,8 +246,10 @@ class CaptionLoader:
     def _read_all(self, picks):
         if self.workers > 1 and len(picks) > 1:
             with concurrent.futures.ThreadPoolExecutor(min(self.workers, len(picks))) as pool:
-                return list(pool.map(self._read, picks))
-        return [self._read(ix) for ix in picks]
+                fetched = list(pool.map(self._fetch, picks))
+        else:
+            fetched = [self._fetch(ix) for ix in picks]
+        return [self._decode(files) for files in fetched]
 
     # -------------------------------------------------------------------- iteration
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -539,3 +540,44 @@ def test_loader_refuses_missing_features_and_mismatched_labels(small_set, tmp_pa
             loader.CaptionLoader(str(small_set / "talk.json"), str(small_set / "fc"),
                                  labels_npz=str(tmp_path / f"{name}_labels.npz"))
         assert says in str(err.value)
+
+
+def test_feature_files_are_parsed_on_the_calling_thread_only(small_set, monkeypatch):
+    # numpy parses a .npy header with ast.literal_eval, which CPython 3.11 cannot run on two
+    # threads at once (a rare "AST constructor recursion depth mismatch" SystemError): the
+    # reading threads may only read bytes; every np.load happens on the thread asking for
+    # the batch, and the batches are those of a loader without threads.
+    callers, real_load = [], np.load
+
+    def recording_load(*args, **kwargs):
+        callers.append(threading.get_ident())
+        return real_load(*args, **kwargs)
+
+    plain = make_loader(small_set, rng=3, batch_size=5, workers=1)
+    serial = [plain.get_batch("train") for _ in range(3)]
+    threaded = make_loader(small_set, rng=3, batch_size=5, workers=8)
+    monkeypatch.setattr(np, "load", recording_load)
+    for expected in serial:
+        batch = threaded.get_batch("train")
+        assert batch.indices == expected.indices
+        np.testing.assert_array_equal(batch.fc, expected.fc)
+        np.testing.assert_array_equal(batch.att, expected.att)
+        np.testing.assert_array_equal(batch.labels, expected.labels)
+    assert len(callers) == 3 * 5 * 2 and set(callers) == {threading.get_ident()}
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("fc/102.npy", b"\x93NUMPY not a header", "fc/102.npy"),
+    ("att/103.npz", b"PK\x03\x04 truncated", "att/103.npz"),
+    ("att/104.npz", None, "att/104.npz"),  # a valid npz without the "feat" array
+])
+def test_an_unreadable_feature_file_is_one_line_naming_it(small_set, name, content, says):
+    path = small_set / name
+    if content is None:
+        np.savez(path, other=np.zeros(3))
+    else:
+        path.write_bytes(content)
+    data = make_loader(small_set, rng=0, batch_size=5, workers=4)
+    with pytest.raises(UsageError, match="cannot read the features") as err:
+        data.get_batch("train")
+    assert says in str(err.value) and "\n" not in str(err.value)
