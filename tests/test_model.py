@@ -8,7 +8,7 @@ from torch import nn
 import model
 from model import HDetachLSTM, HDetachNet, draw_detach_mask
 
-T, B, I, H = 23, 3, 2, 5  # T is not a multiple of the chunk sizes the tests force
+T, B, IN, H = 23, 3, 2, 5  # T is not a multiple of the chunk sizes the tests force
 
 
 def manual_lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, cut, detach="h"):
@@ -28,7 +28,7 @@ def manual_lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, cut, detach="h"):
 
 def make_inputs(dtype=torch.float64, seed=0, steps=T):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(steps, B, I, generator=g, dtype=dtype)
+    x = torch.randn(steps, B, IN, generator=g, dtype=dtype)
     h0 = 0.5 * torch.randn(B, H, generator=g, dtype=dtype)
     c0 = torch.randn(B, H, generator=g, dtype=dtype)
     return x, h0, c0
@@ -36,7 +36,7 @@ def make_inputs(dtype=torch.float64, seed=0, steps=T):
 
 def make_lstm(impl, dtype=torch.float64, seed=1, detach="h"):
     torch.manual_seed(seed)
-    lstm = HDetachLSTM(I, H, impl=impl, detach=detach).to(dtype)
+    lstm = HDetachLSTM(IN, H, impl=impl, detach=detach).to(dtype)
     with torch.no_grad():  # larger weights than the init, so that gates saturate somewhat
         for p in lstm.parameters():
             p.mul_(2.0)
@@ -108,8 +108,8 @@ def test_parameters_follow_nn_lstm_and_init_range():
 @pytest.mark.parametrize("p", [0.0, -1.0])
 def test_matches_nn_lstm_without_hdetach(impl, p):
     torch.manual_seed(0)
-    ref = nn.LSTM(I, H).double()
-    lstm = HDetachLSTM(I, H, impl=impl).double()
+    ref = nn.LSTM(IN, H).double()
+    lstm = HDetachLSTM(IN, H, impl=impl).double()
     with torch.no_grad():
         for name, param in lstm.named_parameters():
             param.copy_(getattr(ref, name + "_l0"))
@@ -440,7 +440,7 @@ def test_net_fast_matches_reference(monkeypatch, chunk, sub, last_only, detach, 
     results = []
     for impl in ("reference", "fast"):
         torch.manual_seed(0)
-        net = HDetachNet(I, H, 4, impl=impl, detach=detach).double()
+        net = HDetachNet(IN, H, 4, impl=impl, detach=detach).double()
         logits = net(x, p=0.5, generator=torch.Generator().manual_seed(9), last_only=last_only)
         logits.pow(2).sum().backward()
         assert logits.shape == ((B, 4) if last_only else (T, B, 4))
@@ -464,7 +464,7 @@ def test_fast_refuses_outputs_modified_in_place():
 
 def make_biasless(impl, detach="h", seed=1):
     torch.manual_seed(seed)
-    lstm = HDetachLSTM(I, H, impl=impl, detach=detach, bias=False).double()
+    lstm = HDetachLSTM(IN, H, impl=impl, detach=detach, bias=False).double()
     with torch.no_grad():
         for p in lstm.parameters():
             p.mul_(2.0)
@@ -494,8 +494,8 @@ def test_bias_false_has_no_bias_parameters():
 @pytest.mark.parametrize("impl", model.IMPLS)
 def test_bias_false_matches_nn_lstm_bias_false(impl):
     torch.manual_seed(0)
-    ref = nn.LSTM(I, H, bias=False).double()
-    lstm = HDetachLSTM(I, H, impl=impl, bias=False).double()
+    ref = nn.LSTM(IN, H, bias=False).double()
+    lstm = HDetachLSTM(IN, H, impl=impl, bias=False).double()
     with torch.no_grad():
         for name, param in lstm.named_parameters():
             param.copy_(2.0 * getattr(ref, name + "_l0"))
