@@ -66,7 +66,7 @@ def test_net_and_inference_match_reference_on_cuda(dtype, rtol, last_only, detac
     results = []
     for impl in ("reference", "fast"):
         torch.manual_seed(0)
-        net = HDetachNet(tm.I, tm.H, 4, impl=impl, detach=detach).to(dtype).cuda()
+        net = HDetachNet(tm.IN, tm.H, 4, impl=impl, detach=detach).to(dtype).cuda()
         logits = net(x, p=0.5, generator=torch.Generator().manual_seed(9), last_only=last_only)
         logits.pow(2).sum().backward()
         with torch.no_grad():

@@ -109,7 +109,7 @@ def on_cuda(tensors):
 
 def fast_lstm(detach):
     with torch.device("cuda"):  # nn.Module.to("cuda") cannot swap in fake parameters
-        lstm = HDetachLSTM(tm.I, tm.H, detach=detach)  # float32: .double() cannot swap either
+        lstm = HDetachLSTM(tm.IN, tm.H, detach=detach)  # float32: .double() cannot swap either
     on_cuda(lstm.parameters())
     return lstm
 
