@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from captioning import labels as labels_mod
+from captioning.features import feature_paths
 from running.errors import UsageError
 
 STATE_FORMAT = "h-detach-caption-loader/1"
@@ -151,11 +152,6 @@ class CaptionLoader:
 
     # -------------------------------------------------------------------- features
 
-    def _paths(self, ix):
-        ident = self.info["images"][ix]["id"]
-        return (os.path.join(self.fc_dir, f"{ident}.npy"),
-                os.path.join(self.att_dir, f"{ident}.npz") if self.att_dir else None)
-
     def check_features(self, split):
         """Every image of ``split`` has its feature files; else a one-line UsageError naming
         the first one missing and how many are."""
@@ -178,11 +174,13 @@ class CaptionLoader:
                     "features")
         self._checked.add(split)
 
-    def _fetch(self, ix):
-        """The bytes of image ``ix``'s feature files: file I/O only, so that it can run on
-        the reading threads (reading releases the GIL; decoding does not)."""
+    def _fetch(self, ix, att=True):
+        """The bytes of image ``ix``'s feature files (fc, then att unless ``att`` is false or
+        the loader has no att folder): file I/O only, so that it can run on the reading
+        threads (reading releases the GIL; decoding does not)."""
         files = []
-        for path in self._paths(ix):
+        ident = self.info["images"][ix]["id"]
+        for path in feature_paths(ident, self.fc_dir, self.att_dir if att else None):
             if path is None:
                 continue
             try:
@@ -217,9 +215,6 @@ class CaptionLoader:
         att = load(*att_file[0], key="feat")
         return fc, att.reshape(-1, att.shape[-1]).astype(np.float32, copy=False)
 
-    def _read(self, ix):
-        return self._decode(self._fetch(ix))
-
     def fc_statistics(self, split="train"):
         """The per-dimension mean and standard deviation (population) of the fc features over
         the images of ``split`` (Karpathy's restval included in train), as float32 arrays.
@@ -233,7 +228,7 @@ class CaptionLoader:
             raise UsageError(f"the {split} split has no images to take fc statistics over")
         total = squares = None
         for ix in picks:
-            fc = self._read(ix)[0].astype(np.float64).reshape(-1)
+            fc = self._decode(self._fetch(ix, att=False))[0].astype(np.float64).reshape(-1)
             if total is None:
                 total, squares = np.zeros_like(fc), np.zeros_like(fc)
             total += fc
